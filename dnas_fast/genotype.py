@@ -1,0 +1,103 @@
+"""Derived architectures: DARTS genotypes in the authors' format and NAS-Bench-201 arch strings."""
+
+import ast
+import json
+from collections import namedtuple
+
+import torch
+
+# Same field names and repr as quark0/darts genotypes.py, so a printed genotype pastes into it.
+Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+
+
+def parse_darts_cell(scores: torch.Tensor, op_names: list[str], steps: int) -> list[tuple[str, int]]:
+    """The authors' ``_parse``: per node, the two inputs with the strongest non-``none`` op, and that op.
+
+    scores (Tensor[E, K]): op strengths per edge (softmaxed alphas, or alphas times edge weights).
+    """
+    scores = scores.detach().cpu().double()
+    candidates = [k for k, name in enumerate(op_names) if name != "none"]
+    if not candidates:
+        raise ValueError("cannot derive a cell from an op set with only 'none'")
+    gene, start = [], 0
+    for i in range(steps):
+        W = scores[start : start + i + 2][:, candidates]
+        best = sorted(range(i + 2), key=lambda j: -W[j].max().item())[:2]
+        gene += [(op_names[candidates[int(W[j].argmax())]], j) for j in best]
+        start += i + 2
+    return gene
+
+
+def darts_genotype(normal, reduce, op_names, steps=4, multiplier=4) -> Genotype:
+    concat = range(2 + steps - multiplier, steps + 2)
+    return Genotype(
+        normal=parse_darts_cell(normal, op_names, steps),
+        normal_concat=concat,
+        reduce=parse_darts_cell(reduce, op_names, steps),
+        reduce_concat=concat,
+    )
+
+
+def genotype_to_json(genotype: Genotype) -> str:
+    return json.dumps(
+        {
+            "normal": [list(p) for p in genotype.normal],
+            "normal_concat": list(genotype.normal_concat),
+            "reduce": [list(p) for p in genotype.reduce],
+            "reduce_concat": list(genotype.reduce_concat),
+        }
+    )
+
+
+def genotype_from_json(text: str) -> Genotype:
+    d = json.loads(text)
+    return Genotype(
+        normal=[(op, int(j)) for op, j in d["normal"]],
+        normal_concat=range(d["normal_concat"][0], d["normal_concat"][-1] + 1),
+        reduce=[(op, int(j)) for op, j in d["reduce"]],
+        reduce_concat=range(d["reduce_concat"][0], d["reduce_concat"][-1] + 1),
+    )
+
+
+def genotype_from_string(text: str) -> Genotype:
+    """Parse ``Genotype(normal=[...], normal_concat=range(2, 6), ...)`` without ``eval``."""
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype"):
+            raise ValueError("not a Genotype(...) call")
+        fields = {}
+        for kw in call.keywords:
+            if isinstance(kw.value, ast.Call):  # range(a, b)
+                fields[kw.arg] = range(*[ast.literal_eval(a) for a in kw.value.args])
+            else:
+                fields[kw.arg] = [tuple(p) for p in ast.literal_eval(kw.value)]
+        return Genotype(**fields)
+    except (SyntaxError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot parse genotype string {text[:80]!r}: {err}") from err
+
+
+def nb201_arch_string(scores: torch.Tensor, op_names: list[str], max_nodes: int = 4) -> str:
+    """``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` from per-edge scores (Tensor[E, K]) by argmax per edge."""
+    best = scores.detach().argmax(dim=-1).tolist()
+    nodes, e = [], 0
+    for i in range(1, max_nodes):
+        nodes.append("|" + "|".join(f"{op_names[best[e + j]]}~{j}" for j in range(i)) + "|")
+        e += i
+    return "+".join(nodes)
+
+
+def parse_nb201_arch_string(text: str) -> list[list[tuple[str, int]]]:
+    """Inverse of :func:`nb201_arch_string`: per node, its (op, input) pairs."""
+    nodes = []
+    for i, node in enumerate(text.split("+"), start=1):
+        parts = [p for p in node.split("|") if p]
+        pairs = []
+        for p in parts:
+            op, _, src = p.partition("~")
+            if not src.isdigit():
+                raise ValueError(f"malformed NAS-Bench-201 arch string {text!r} at {p!r}")
+            pairs.append((op, int(src)))
+        if [s for _, s in pairs] != list(range(i)):
+            raise ValueError(f"node {i} of {text!r} must read inputs 0..{i - 1}")
+        nodes.append(pairs)
+    return nodes
