@@ -1,9 +1,10 @@
-"""Candidate ops, built by name from one registry."""
+"""Candidate ops, built by name from one registry; every module here registers its ops on import."""
 
-from . import darts as _darts  # noqa: F401  (registers the DARTS primitives)
-from . import nb201 as _nb201  # noqa: F401  (registers the NAS-Bench-201 ops)
+from .._autoload import import_submodules
 from .darts import DARTS_OPS
 from .nb201 import NB201_OPS
 from .registry import build_op, check_op_names, known_ops, register_op
+
+import_submodules(__name__, __path__)
 
 __all__ = ["DARTS_OPS", "NB201_OPS", "build_op", "check_op_names", "known_ops", "register_op"]

@@ -42,9 +42,7 @@ class SearchSpace(nn.Module):
     def check(self, x, arch):
         check_arch(arch, self.arch_spec())
         if x.dim() != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(
-                f"{self.name} expects input [N, {self.config['in_channels']}, H, W], got {list(x.shape)}"
-            )
+            raise ValueError(f"{self.name} expects input [N, {self.config['in_channels']}, H, W], got {list(x.shape)}")
 
     def edges(self):
         """All MixedEdges (for counting active ops, backends, benchmarks)."""
