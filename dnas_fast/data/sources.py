@@ -1,0 +1,103 @@
+"""Readers of in-memory training sets: built-in digits, CIFAR python pickles, and npz arrays."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .memory import InMemory, channel_stats
+
+# quark0/darts utils.py (CIFAR-10 train-set statistics).
+CIFAR10_MEAN, CIFAR10_STD = [0.49139968, 0.48215827, 0.44653124], [0.24703233, 0.24348505, 0.26158768]
+# D-X-Y/AutoDL-Projects xautodl/datasets/get_dataset_with_transform.py (CIFAR-100 train-set statistics).
+CIFAR100_MEAN, CIFAR100_STD = [x / 255 for x in (129.3, 124.1, 112.4)], [x / 255 for x in (68.2, 65.4, 70.4)]
+
+# name -> (folder, training files, label key, classes)
+CIFAR_FORMATS = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], b"fine_labels", 100),
+}
+CIFAR_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+
+
+def load_digits() -> InMemory:
+    """scikit-learn's ``load_digits``: 1797 real handwritten 8x8 digits, pixels 0..16, 10 classes.
+
+    The data (UCI Optical Recognition of Handwritten Digits test set) ships with scikit-learn (BSD-3-Clause),
+    so no download or path is needed. Normalised by the whole set's mean/std; augmentation is a shift of up to
+    one pixel (pad 1 + random crop), never a flip (digits are not mirror-invariant).
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    d = sklearn_digits()
+    x = torch.from_numpy(d.images.astype(np.uint8))[:, None]
+    mean, std = channel_stats(x, 1 / 16)
+    return InMemory(x, torch.from_numpy(d.target).long(), 1 / 16, mean, std, 10, crop_padding=1, flip=False)
+
+
+def _cifar_folder(name: str, root) -> Path:
+    folder, files = CIFAR_FORMATS[name][:2]
+    if root is None:
+        raise ValueError(f"data set {name!r} needs root=: the {folder!r} folder or its parent")
+    root = Path(root)
+    for candidate in (root, root / folder):
+        if (candidate / files[0]).is_file():
+            return candidate
+    raise FileNotFoundError(f"{name}: expected {root / files[0]} or {root / folder / files[0]} (python pickle format)")
+
+
+def load_cifar(name: str, root) -> InMemory:
+    """CIFAR-10/100 training set from the python pickle folder (``cifar-10-batches-py`` / ``cifar-100-python``).
+
+    ``root`` is that folder or its parent. Pickles execute code when loaded: only read trusted files.
+    Augmentation as quark0/darts' search: ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, CIFAR mean/std.
+    """
+    _, files, label_key, num_classes = CIFAR_FORMATS[name]
+    folder = _cifar_folder(name, root)
+    xs, ys = [], []
+    for file in files:
+        path = folder / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: missing training batch {path}")
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+            raise ValueError(f"{path} is not a CIFAR batch: expected a dict with keys b'data' and {label_key!r}")
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+    mean, std = (torch.tensor(s) for s in CIFAR_STATS[name])
+    x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    return InMemory(x, y, 1 / 255, mean, std, num_classes, crop_padding=4, flip=True)
+
+
+def load_npz(root) -> InMemory:
+    """Training arrays of an ``.npz``: ``x_train`` uint8 ``[N, H, W, 3]`` or ``[N, H, W]``, ``y_train`` int ``[N]``.
+
+    Other keys (``x_test``, ``y_test``, ...) are ignored by the search. Normalised by the per-channel mean/std of
+    ``x_train``; CIFAR augmentation (crop 32 pad 4 + flip) for 3x32x32 images, otherwise a flip only.
+    """
+    if root is None:
+        raise ValueError("data set 'npz' needs root=: the path of the .npz file")
+    path = Path(root)
+    if not path.is_file():
+        raise FileNotFoundError(f"npz: no file at {path} (expected an .npz with x_train and y_train)")
+    with np.load(path) as f:
+        missing = {"x_train", "y_train"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} lacks {sorted(missing)}; it holds {sorted(f.files)}")
+        x, y = f["x_train"], f["y_train"]
+    if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
+        raise ValueError(f"{path}: x_train must be uint8 [N, H, W, 3] or [N, H, W], got {x.dtype} {list(x.shape)}")
+    if x.shape[1] != x.shape[2]:
+        raise ValueError(f"{path}: x_train images must be square, got H x W = {x.shape[1]} x {x.shape[2]}")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != len(x):
+        raise ValueError(
+            f"{path}: y_train must be integer [{len(x)}] (one label per image), got {y.dtype} {list(y.shape)}"
+        )
+    if len(y) == 0 or y.min() < 0:
+        raise ValueError(f"{path}: y_train must be non-empty with labels >= 0")
+    x = torch.from_numpy(x.reshape(*x.shape[:3], -1)).permute(0, 3, 1, 2).contiguous()
+    mean, std = channel_stats(x, 1 / 255)
+    cifar_like = tuple(x.shape[1:]) == (3, 32, 32)
+    return InMemory(x, torch.from_numpy(y).long(), 1 / 255, mean, std, int(y.max()) + 1, 4 * cifar_like, True)
