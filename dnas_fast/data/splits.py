@@ -51,7 +51,7 @@ class Split:
         if batch_size > self.shard_size:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the {what} split ({len(self.indices)} examples, "
-                f"{self.shard_size} per rank with world_size={world_size}); lower batch_size or raise limit"
+                f"{self.shard_size} per rank with world_size={world_size}); lower batch_size or use more examples"
             )
         self.epoch, self.start_batch = 0, 0
 
