@@ -1,0 +1,182 @@
+"""Triton pool-combine kernels vs the plain-PyTorch reference, on the CPU through triton's interpreter."""
+
+import os
+
+# Must precede the first import of triton_kernels.pool_combine: @triton.jit reads it when the kernels are decorated.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+import triton_kernels  # noqa: E402
+from dnas_fast.kernels import pool_combine_ref as ref  # noqa: E402
+
+pc = importlib.import_module("triton_kernels.pool_combine")
+if not isinstance(pc._pool_combine_kernel, InterpretedFunction):
+    # Another test module built the kernels before TRITON_INTERPRET was set: rebuild them under the interpreter.
+    pc = importlib.reload(pc)
+
+REPO = Path(__file__).resolve().parents[1]
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
+
+
+def assert_close(name, expected, actual, **tol):
+    """Like torch.testing.assert_close, but the message names the tensor and its worst mismatch."""
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype}, expected {expected.dtype}"
+    torch.testing.assert_close(actual, expected, equal_nan=True, msg=lambda m: f"{name}: {m}", **tol)
+
+
+def make_inputs(N, C, H, W, stride, skip, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=gen, dtype=dtype)
+    g = torch.randn(N, C, (H - 1) // stride + 1, (W - 1) // stride + 1, generator=gen, dtype=dtype)
+    coef3 = torch.randn(3, C, generator=gen, dtype=dtype)
+    coef6 = torch.randn(6, C, generator=gen, dtype=dtype)
+    w_skip = torch.tensor(0.7, dtype=dtype) if skip else None
+    return x, g, coef3, coef6, w_skip
+
+
+def run_all(module, x, g, stride, coef3, coef6, w_skip):
+    """The four primitives of ``module`` (the triton launchers, or the reference with its ``_ref`` names)."""
+    suffix = "_ref" if module is ref else ""
+    f = {name: getattr(module, name + suffix) for name in triton_kernels.__all__[1:]}
+    return {
+        "pool_stats": f["pool_stats"](x, stride),
+        "pool_combine": f["pool_combine"](x, stride, coef3, w_skip),
+        "pool_grad_stats": f["pool_grad_stats"](x, g, stride),
+        "pool_combine_backward": f["pool_combine_backward"](x, g, stride, coef6, w_skip),
+    }
+
+
+def _cases():
+    """Awkward sizes (odd, 1x1, larger than one tile) x stride x skip; N, C cycle so every pair shows up."""
+    nc = [(1, 1), (2, 3), (1, 5), (2, 5), (2, 1), (1, 3)]
+    combos = [
+        (hw, s, skip) for hw in [(5, 7), (8, 8), (9, 9), (1, 1)] for s, skip in [(1, False), (1, True), (2, False)]
+    ]
+    cases = [(*nc[i % len(nc)], *hw, s, skip) for i, (hw, s, skip) in enumerate(combos)]
+    for N, C, H, W, s, skip in cases:
+        yield pytest.param(N, C, H, W, s, skip, id=f"N{N}-C{C}-H{H}xW{W}-stride{s}-{'skip' if skip else 'noskip'}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("N, C, H, W, stride, skip", list(_cases()))
+def test_matches_reference(N, C, H, W, stride, skip, dtype):
+    inputs = make_inputs(N, C, H, W, stride, skip, dtype)
+    x, g, coef3, coef6, w_skip = inputs
+    expected = run_all(ref, x, g, stride, coef3, coef6, w_skip)
+    actual = run_all(pc, x, g, stride, coef3, coef6, w_skip)
+    for name in expected:
+        assert_close(name, expected[name], actual[name], **TOL[dtype])
+
+
+@pytest.mark.parametrize(
+    "N, C, H, W, stride",
+    [
+        pytest.param(1, 2, 33, 70, 1, id="N1-C2-H33xW70-stride1"),
+        pytest.param(2, 1, 70, 35, 2, id="N2-C1-H70xW35-stride2"),
+    ],
+)
+def test_multi_tile_planes(N, C, H, W, stride):
+    """Planes larger than one program's tile (1024 pixels, at most 64 wide): tile edges and partial sums."""
+    x, g, coef3, coef6, w_skip = make_inputs(N, C, H, W, stride, stride == 1, torch.float64)
+    expected = run_all(ref, x, g, stride, coef3, coef6, w_skip)
+    actual = run_all(pc, x, g, stride, coef3, coef6, w_skip)
+    for name in expected:
+        assert_close(name, expected[name], actual[name], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["stride1", "stride2"])
+def test_max_pool_ties_route_to_first_maximum(stride):
+    """Values from {0, 1, 2} tie in most windows; dx must follow PyTorch's first-maximum (row-major) argmax."""
+    x, g, coef3, coef6, w_skip = make_inputs(2, 3, 7, 6, stride, False, torch.float64, seed=1)
+    x = torch.randint(0, 3, x.shape, generator=torch.Generator().manual_seed(2)).to(torch.float64)
+    coef6[3:] = 0  # only the max-pool path, so a wrongly routed gradient cannot hide behind the avg path
+    expected = ref.pool_combine_backward_ref(x, g, stride, coef6, None)
+    assert_close("dx", expected, pc.pool_combine_backward(x, g, stride, coef6, None), **TOL[torch.float64])
+
+
+def test_nan_propagates_like_pytorch():
+    x, g, coef3, coef6, w_skip = make_inputs(1, 2, 6, 5, 1, True, torch.float64)
+    x[0, 1, 2, 3] = float("nan")
+    assert_close("out", ref.pool_combine_ref(x, 1, coef3, w_skip), pc.pool_combine(x, 1, coef3, w_skip))
+    assert_close("stats", ref.pool_stats_ref(x, 1), pc.pool_stats(x, 1))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_strided_inputs(layout):
+    """x and g are read through their strides: channels_last and non-contiguous views need no copy."""
+    x, g, coef3, coef6, w_skip = make_inputs(2, 3, 6, 6, 1, True, torch.float64)
+    if layout == "channels_last":
+        x, g = x.contiguous(memory_format=torch.channels_last), g.contiguous(memory_format=torch.channels_last)
+    else:
+        x, g = x.transpose(2, 3).contiguous().transpose(2, 3), g.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not x.is_contiguous()
+    expected = run_all(ref, x, g, 1, coef3, coef6, w_skip)
+    actual = run_all(pc, x, g, 1, coef3, coef6, w_skip)
+    for name in expected:
+        assert_close(name, expected[name], actual[name], **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_accumulates_in_fp32(dtype):
+    """Error vs the fp64 reference on the same (rounded) inputs is at most twice the low-precision reference's
+    own error plus one rounding of the output; the statistics come back in fp32."""
+    x, g, coef3, coef6, w_skip = (t.to(dtype) for t in make_inputs(2, 3, 9, 9, 1, True, torch.float64))
+    exact = run_all(ref, *(t.double() for t in (x, g)), 1, coef3.double(), coef6.double(), w_skip.double())
+    low = run_all(ref, x, g, 1, coef3, coef6, w_skip)
+    actual = run_all(pc, x, g, 1, coef3, coef6, w_skip)
+    for name in exact:
+        assert actual[name].dtype == (torch.float32 if "stats" in name else dtype), name
+        err = (actual[name].double() - exact[name]).abs().max().item()
+        ref_err = (low[name].double() - exact[name]).abs().max().item()
+        ulp = torch.finfo(actual[name].dtype).eps * exact[name].abs().max().item()
+        assert err <= 2 * ref_err + ulp, f"{name}: error {err:.3g} vs reference's own {ref_err:.3g} (+ulp {ulp:.3g})"
+
+
+def _bad_calls():
+    x, g, coef3, coef6, w_skip = make_inputs(1, 2, 4, 4, 1, True, torch.float32)
+    g2 = torch.zeros(1, 2, 2, 2)
+    calls = {
+        "x-3d": (lambda: pc.pool_stats(x[0], 1), r"4-D tensor.*\[2, 4, 4\]"),
+        "x-int": (lambda: pc.pool_stats(x.to(torch.int32), 1), "torch.int32"),
+        "stride-3": (lambda: pc.pool_stats(x, 3), "stride must be 1 or 2, got 3"),
+        "coef3-shape": (lambda: pc.pool_combine(x, 1, coef6, None), r"coef must have shape \[3, 2\], got \[6, 2\]"),
+        "coef6-shape": (lambda: pc.pool_combine_backward(x, g, 1, coef3, None), r"coef must have shape \[6, 2\]"),
+        "g-shape": (lambda: pc.pool_grad_stats(x, g2, 1), r"g must have shape \[1, 2, 4, 4\], got \[1, 2, 2, 2\]"),
+        "coef-device": (lambda: pc.pool_combine(x, 1, coef3.to("meta"), None), "coef is on meta"),
+        "skip-stride2": (lambda: pc.pool_combine(x, 2, coef3, w_skip), r"stride 1 .*got stride=2"),
+        "skip-shape": (lambda: pc.pool_combine(x, 1, coef3, torch.ones(2)), r"w_skip must have shape \[\]"),
+        "skip-float": (lambda: pc.pool_combine(x, 1, coef3, 0.5), "w_skip must be a tensor, got float"),
+    }
+    return [pytest.param(call, message, id=name) for name, (call, message) in calls.items()]
+
+
+@pytest.mark.parametrize("call, message", _bad_calls())
+def test_bad_inputs_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_available(monkeypatch):
+    assert triton_kernels.available("cpu") and triton_kernels.available(torch.device("cuda", 0))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not triton_kernels.available("cpu")
+
+
+def test_import_without_triton():
+    """``import triton_kernels`` works without triton; then nothing is available and a launcher names triton."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import triton_kernels\n"
+        "assert not triton_kernels.available('cuda')\n"
+        "try:\n    triton_kernels.pool_combine\nexcept ImportError as e:\n    assert 'triton' in str(e), e\n"
+        "else:\n    raise AssertionError('no ImportError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

@@ -1,0 +1,309 @@
+"""Triton kernels of the parameter-free combine primitives of a DARTS edge.
+
+Equivalent to ``dnas_fast.kernels.pool_combine_ref`` (same signatures and semantics; read its docstring for the
+math). 3x3 max pool (pad -inf) and avg pool (``count_include_pad=False``), padding 1, stride 1 or 2. Every kernel
+recomputes the pools from ``x`` through 9 masked loads per window; no per-op output is ever written to memory.
+
+Layout: one program per (n, c) plane and 2-D tile of ``BLOCK_H x BLOCK_W`` pixels (output pixels in the forward
+and statistics kernels, input pixels in the backward). Arithmetic runs in fp32 (fp64 for fp64 inputs).
+
+Per-channel statistics use a deterministic two-stage reduction: each program writes its tile's ``tl.sum`` to a
+partial buffer ``[k, C, N * tiles]`` that the host sums over its last axis (no float atomics, so the result does
+not depend on the scheduling order).
+
+The backward is a gather: each input pixel visits the (up to 9) output windows that contain it, recomputes their
+max and mean and the max-pool argmax (first maximum in row-major order, NaN wins, as PyTorch), and sums their
+contributions. No atomics, deterministic.
+
+Example::
+
+    x = torch.randn(2, 16, 9, 9, device="cuda")
+    coef = torch.randn(3, 16, device="cuda")
+    out = pool_combine(x, 1, coef, torch.tensor(0.3, device="cuda"))  # Tensor[2, 16, 9, 9]
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+# ---------------------------------------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE: tl.constexpr, ACC: tl.constexpr):
+    """Max, mean, in-bounds pixel count and argmax (row, col) of the 3x3 windows at output positions (oh, ow)."""
+    h0 = oh * STRIDE - 1
+    w0 = ow * STRIDE - 1
+    best = tl.full(valid.shape, float("-inf"), ACC)
+    # PyTorch starts the argmax at the window's first in-bounds pixel (matters only for an all -inf window).
+    best_h = tl.maximum(h0, 0) + tl.zeros(valid.shape, tl.int32)
+    best_w = tl.maximum(w0, 0) + tl.zeros(valid.shape, tl.int32)
+    total = tl.zeros(valid.shape, ACC)
+    count = tl.zeros(valid.shape, ACC)
+    for dh in tl.static_range(3):
+        for dw in tl.static_range(3):
+            h = h0 + dh
+            w = w0 + dw
+            m = valid & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            v = tl.load(x_plane + h * sxh + w * sxw, mask=m, other=0.0).to(ACC)
+            # Row-major scan with a strict '>' keeps the first maximum on ties; NaN always wins (PyTorch).
+            take = m & ((v > best) | (v != v))
+            best = tl.where(take, v, best)
+            best_h = tl.where(take, h, best_h)
+            best_w = tl.where(take, w, best_w)
+            total += tl.where(m, v, 0.0)
+            count += m.to(ACC)
+    # Zeros outside the output grid, so callers can sum tiles without masking (and never form 0 * -inf).
+    return tl.where(valid, best, 0.0), total / tl.maximum(count, 1.0), count, best_h, best_w
+
+
+@triton.jit
+def _tile(C, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """(n, c, row indices [BLOCK_H, 1], col indices [1, BLOCK_W], partial slot) of this program's tile."""
+    pid_nc = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    n = pid_nc // C
+    c = pid_nc % C
+    rows = (pid_t // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+    cols = (pid_t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    slot = n * tl.num_programs(1) + pid_t
+    return n, c, rows, cols, slot
+
+
+@triton.jit
+def _pool_stats_kernel(
+    x_ptr, part_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, tiles_w, n_slots,
+    STRIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):  # fmt: skip
+    n, c, oh, ow, slot = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
+    valid = (oh < Ho) & (ow < Wo)
+    mp, ap, _, _, _ = _window(x_ptr + n * sxn + c * sxc, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+    part = part_ptr + c * n_slots + slot  # partial[k, c, slot], k-stride C * n_slots
+    tl.store(part, tl.sum(mp))
+    tl.store(part + C * n_slots, tl.sum(mp * mp))
+    tl.store(part + 2 * C * n_slots, tl.sum(ap))
+    tl.store(part + 3 * C * n_slots, tl.sum(ap * ap))
+
+
+@triton.jit
+def _pool_grad_stats_kernel(
+    x_ptr, g_ptr, part_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, tiles_w, n_slots,
+    STRIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):  # fmt: skip
+    n, c, oh, ow, slot = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
+    valid = (oh < Ho) & (ow < Wo)
+    mp, ap, _, _, _ = _window(x_ptr + n * sxn + c * sxc, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+    g = tl.load(g_ptr + n * sgn + c * sgc + oh * sgh + ow * sgw, mask=valid, other=0.0).to(ACC)
+    part = part_ptr + c * n_slots + slot
+    tl.store(part, tl.sum(g))
+    tl.store(part + C * n_slots, tl.sum(g * mp))
+    tl.store(part + 2 * C * n_slots, tl.sum(g * ap))
+
+
+@triton.jit
+def _pool_combine_kernel(
+    x_ptr, coef_ptr, skip_ptr, out_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, tiles_w,
+    STRIDE: tl.constexpr, HAS_SKIP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):  # fmt: skip
+    n, c, oh, ow, _ = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
+    valid = (oh < Ho) & (ow < Wo)
+    x_plane = x_ptr + n * sxn + c * sxc
+    mp, ap, _, _, _ = _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+    s_max = tl.load(coef_ptr + c).to(ACC)
+    s_avg = tl.load(coef_ptr + C + c).to(ACC)
+    bias = tl.load(coef_ptr + 2 * C + c).to(ACC)
+    out = s_max * mp + s_avg * ap + bias
+    if HAS_SKIP:  # stride 1 only (checked by the launcher), so output pixel == input pixel
+        x = tl.load(x_plane + oh * sxh + ow * sxw, mask=valid, other=0.0).to(ACC)
+        out += tl.load(skip_ptr).to(ACC) * x
+    tl.store(out_ptr + (n * C + c) * Ho * Wo + oh * Wo + ow, out.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _pool_combine_backward_kernel(
+    x_ptr, g_ptr, coef_ptr, skip_ptr, dx_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, tiles_w,
+    STRIDE: tl.constexpr, HAS_SKIP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):  # fmt: skip
+    n, c, ih, iw, _ = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
+    inside = (ih < H) & (iw < W)
+    x_plane = x_ptr + n * sxn + c * sxc
+    g_plane = g_ptr + n * sgn + c * sgc
+    a_max = tl.load(coef_ptr + c).to(ACC)
+    b_max = tl.load(coef_ptr + C + c).to(ACC)
+    c_max = tl.load(coef_ptr + 2 * C + c).to(ACC)
+    a_avg = tl.load(coef_ptr + 3 * C + c).to(ACC)
+    b_avg = tl.load(coef_ptr + 4 * C + c).to(ACC)
+    c_avg = tl.load(coef_ptr + 5 * C + c).to(ACC)
+    dx = tl.zeros((BLOCK_H, BLOCK_W), ACC)
+    # Input pixel i sits at offset (kh, kw) of the window of output o iff o * STRIDE - 1 + k = i.
+    for kh in tl.static_range(3):
+        for kw in tl.static_range(3):
+            th = ih + 1 - kh
+            tw = iw + 1 - kw
+            valid = inside & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0)
+            oh = tl.where(valid, th // STRIDE, 0)
+            ow = tl.where(valid, tw // STRIDE, 0)
+            valid = valid & (oh < Ho) & (ow < Wo)
+            mp, ap, count, am_h, am_w = _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+            g = tl.load(g_plane + oh * sgh + ow * sgw, mask=valid, other=0.0).to(ACC)
+            # dL/dmaxpool and dL/davgpool of the folded BN (see pool_combine_ref), routed to the argmax / 1/count.
+            g_max = a_max * g + b_max + c_max * mp
+            g_avg = a_avg * g + b_avg + c_avg * ap
+            dx += tl.where(valid & (am_h == ih) & (am_w == iw), g_max, 0.0)
+            dx += tl.where(valid, g_avg / tl.maximum(count, 1.0), 0.0)
+    if HAS_SKIP:  # stride 1 only, so g and x share the pixel grid
+        dx += tl.load(skip_ptr).to(ACC) * tl.load(g_plane + ih * sgh + iw * sgw, mask=inside, other=0.0).to(ACC)
+    tl.store(dx_ptr + (n * C + c) * H * W + ih * W + iw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+# --------------------------------------------------------------------------------------------------------- launchers
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_TILE = 1024  # pixels per program: a whole 32x32 DARTS plane in one program of 4 warps
+
+
+def _check_x(x: torch.Tensor, stride: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got {getattr(x, 'shape', type(x))}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"x must have a floating dtype in {_FLOAT_DTYPES}, got {x.dtype}")
+    if stride not in (1, 2) or isinstance(stride, bool):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+
+
+def _check_same(name: str, t: torch.Tensor, x: torch.Tensor, shape: tuple) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def _check_skip(w_skip, x: torch.Tensor, stride: int) -> None:
+    if w_skip is None:
+        return
+    _check_same("w_skip", w_skip, x, ())
+    if stride != 1:
+        raise ValueError(f"w_skip is only defined at stride 1 (the skip op is an identity), got stride={stride}")
+
+
+def _out_hw(x: torch.Tensor, stride: int) -> tuple[int, int]:
+    H, W = x.shape[2:]
+    return (H - 1) // stride + 1, (W - 1) // stride + 1  # kernel 3, padding 1
+
+
+def _acc(x: torch.Tensor):
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+def _grid(N: int, C: int, rows: int, cols: int):
+    """(grid, meta) for 2-D tiles of at most _MAX_TILE pixels over a rows x cols plane."""
+    block_w = min(triton.next_power_of_2(cols), 64)
+    block_h = min(triton.next_power_of_2(rows), max(1, _MAX_TILE // block_w))
+    tiles_w = triton.cdiv(cols, block_w)
+    tiles = triton.cdiv(rows, block_h) * tiles_w
+    warps = max(1, min(8, block_h * block_w // 256))
+    return (N * C, tiles), dict(tiles_w=tiles_w, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=warps)
+
+
+def _partial_stats(kernel, k: int, x: torch.Tensor, g: torch.Tensor | None, stride: int) -> torch.Tensor:
+    """Run a statistics kernel into partial[k, C, N * tiles] and finish the reduction on the host."""
+    N, C, H, W = x.shape
+    Ho, Wo = _out_hw(x, stride)
+    grid, meta = _grid(N, C, Ho, Wo)
+    n_slots = N * grid[1]
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    part = torch.empty(k, C, n_slots, device=x.device, dtype=acc_dtype)
+    g_args = () if g is None else (g,)
+    g_strides = () if g is None else g.stride()
+    kernel[grid](
+        x, *g_args, part, C, H, W, Ho, Wo, *x.stride(), *g_strides, n_slots=n_slots,
+        STRIDE=stride, ACC=_acc(x), **meta,
+    )  # fmt: skip
+    return part.sum(-1)
+
+
+def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Per-channel sum and sum of squares of maxpool(x), then avgpool(x).
+
+    Args:
+        x (Tensor[N, C, H, W]): edge input, any strides.
+        stride: 1 or 2.
+    Returns:
+        Tensor[4, C]: (sum mp, sum mp^2, sum ap, sum ap^2), fp32 (fp64 for fp64 x; fp32 also for fp16/bf16 x,
+        where the sums would overflow).
+    """
+    _check_x(x, stride)
+    return _partial_stats(_pool_stats_kernel, 4, x, None, stride)
+
+
+def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
+    """Per-channel sum(g), sum(g * maxpool(x)), sum(g * avgpool(x)).
+
+    Args:
+        x (Tensor[N, C, H, W]): edge input.
+        g (Tensor[N, C, H', W']): gradient w.r.t. the pooled outputs, H' = ceil(H / stride).
+        stride: 1 or 2.
+    Returns:
+        Tensor[3, C], fp32 (fp64 for fp64 x).
+    """
+    _check_x(x, stride)
+    _check_same("g", g, x, (*x.shape[:2], *_out_hw(x, stride)))
+    return _partial_stats(_pool_grad_stats_kernel, 3, x, g, stride)
+
+
+def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
+    """out = s_max * maxpool(x) + s_avg * avgpool(x) + bias (+ w_skip * x), per channel.
+
+    Args:
+        x (Tensor[N, C, H, W]): edge input.
+        stride: 1 or 2.
+        coef (Tensor[3, C]): (s_max, s_avg, bias), BN folded into per-channel scales.
+        w_skip (Tensor[] or None): weight of the identity op, stride 1 only.
+    Returns:
+        Tensor[N, C, H', W'] in x's dtype, contiguous.
+    """
+    _check_x(x, stride)
+    N, C, H, W = x.shape
+    _check_same("coef", coef, x, (3, C))
+    _check_skip(w_skip, x, stride)
+    Ho, Wo = _out_hw(x, stride)
+    out = torch.empty(N, C, Ho, Wo, device=x.device, dtype=x.dtype)
+    grid, meta = _grid(N, C, Ho, Wo)
+    _pool_combine_kernel[grid](
+        x, coef.contiguous(), coef if w_skip is None else w_skip, out, C, H, W, Ho, Wo, *x.stride(),
+        STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
+    )  # fmt: skip
+    return out
+
+
+def pool_combine_backward(
+    x: torch.Tensor, g: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None
+) -> torch.Tensor:
+    """dx = maxpool_bwd(a_max g + b_max + c_max mp) + avgpool_bwd(a_avg g + b_avg + c_avg ap) (+ w_skip g).
+
+    Args:
+        x (Tensor[N, C, H, W]): edge input.
+        g (Tensor[N, C, H', W']): dL/dout.
+        stride: 1 or 2.
+        coef (Tensor[6, C]): (a_max, b_max, c_max, a_avg, b_avg, c_avg) from ``pool_grad_stats`` and BN.
+        w_skip (Tensor[] or None): weight of the identity op, stride 1 only.
+    Returns:
+        dx (Tensor[N, C, H, W]) in x's dtype, contiguous.
+    """
+    _check_x(x, stride)
+    N, C, H, W = x.shape
+    _check_same("g", g, x, (N, C, *_out_hw(x, stride)))
+    _check_same("coef", coef, x, (6, C))
+    _check_skip(w_skip, x, stride)
+    Ho, Wo = _out_hw(x, stride)
+    dx = torch.empty(N, C, H, W, device=x.device, dtype=x.dtype)
+    grid, meta = _grid(N, C, H, W)
+    _pool_combine_backward_kernel[grid](
+        x, g, coef.contiguous(), coef if w_skip is None else w_skip, dx, C, H, W, Ho, Wo, *x.stride(), *g.stride(),
+        STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
+    )  # fmt: skip
+    return dx
