@@ -1,0 +1,184 @@
+// CPU kernels of the pool_combine ops (schemas in ../pool_combine.cpp, contract in
+// dnas_fast/kernels/pool_combine_ref.py): float32 and float64, at::parallel_for over the N*C planes.
+// The host wrappers make x and g NCHW-contiguous (a copy for channels_last or strided views) and return
+// NCHW-contiguous maps. Per-channel sums are accumulated per plane in double and then added over n in a fixed
+// order, so they do not depend on the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "pool_combine.h"
+
+namespace dnas_fast {
+namespace {
+
+void check_cpu_dtype(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+              ": expected x of dtype float32 or float64 on CPU, got ", x.scalar_type());
+}
+
+// Planes per task, so that each task reads about GRAIN_SIZE window elements (9 per output).
+int64_t planes_per_task(int64_t Ho, int64_t Wo) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, 9 * Ho * Wo));
+}
+
+// partial [N * C, K] per-plane sums -> [K, C] per-channel sums in `dtype`.
+at::Tensor sum_over_batch(const std::vector<double>& partial, int64_t N, int64_t C, int64_t K, at::ScalarType dtype) {
+  at::Tensor out = at::zeros({K, C}, at::kDouble);
+  auto acc = out.accessor<double, 2>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t k = 0; k < K; ++k) acc[k][c] += partial[(n * C + c) * K + k];
+  return out.to(dtype);
+}
+
+at::Tensor pool_stats_cpu(const at::Tensor& x, int64_t stride) {
+  check_x("pool_stats", x, stride);
+  check_cpu_dtype("pool_stats", x);
+  const at::Tensor xc = x.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  std::vector<double> partial(N * C * 4);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_stats_cpu", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        double s[4] = {0, 0, 0, 0};
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            const Window<scalar_t, scalar_t> win(xp + p * H * W, H, W, oh, ow, stride);
+            s[0] += win.max;
+            s[1] += static_cast<double>(win.max) * win.max;
+            s[2] += win.mean;
+            s[3] += static_cast<double>(win.mean) * win.mean;
+          }
+        std::copy(s, s + 4, partial.begin() + p * 4);
+      }
+    });
+  });
+  return sum_over_batch(partial, N, C, 4, stats_dtype(x));
+}
+
+at::Tensor pool_combine_cpu(const at::Tensor& x, int64_t stride, const at::Tensor& coef,
+                            const c10::optional<at::Tensor>& w_skip) {
+  check_x("pool_combine", x, stride);
+  check_cpu_dtype("pool_combine", x);
+  check_coef("pool_combine", x, coef, 3);
+  check_w_skip("pool_combine", x, w_skip, stride);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor cc = coef.to(x.scalar_type()).contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  at::Tensor out = at::empty({N, C, Ho, Wo}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_combine_cpu", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t* cp = cc.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const bool has_skip = w_skip.has_value();  // then stride is 1, and x and out share the (oh, ow) index
+    const scalar_t skip = has_skip ? w_skip->item<scalar_t>() : scalar_t(0);
+    at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        const scalar_t s_max = cp[c], s_avg = cp[C + c], bias = cp[2 * C + c];
+        const scalar_t* plane = xp + p * H * W;
+        scalar_t* o = op + p * Ho * Wo;
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            const Window<scalar_t, scalar_t> win(plane, H, W, oh, ow, stride);
+            scalar_t v = s_max * win.max + s_avg * win.mean + bias;
+            if (has_skip) v += skip * plane[oh * W + ow];
+            o[oh * Wo + ow] = v;
+          }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor pool_grad_stats_cpu(const at::Tensor& x, const at::Tensor& g, int64_t stride) {
+  check_x("pool_grad_stats", x, stride);
+  check_cpu_dtype("pool_grad_stats", x);
+  check_g("pool_grad_stats", x, g, stride);
+  const at::Tensor xc = x.contiguous(), gc = g.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  std::vector<double> partial(N * C * 3);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_grad_stats_cpu", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        double s[3] = {0, 0, 0};
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            const Window<scalar_t, scalar_t> win(xp + p * H * W, H, W, oh, ow, stride);
+            const double gv = gp[p * Ho * Wo + oh * Wo + ow];
+            s[0] += gv;
+            s[1] += gv * win.max;
+            s[2] += gv * win.mean;
+          }
+        std::copy(s, s + 3, partial.begin() + p * 3);
+      }
+    });
+  });
+  return sum_over_batch(partial, N, C, 3, stats_dtype(x));
+}
+
+at::Tensor pool_combine_backward_cpu(const at::Tensor& x, const at::Tensor& g, int64_t stride, const at::Tensor& coef,
+                                     const c10::optional<at::Tensor>& w_skip) {
+  check_x("pool_combine_backward", x, stride);
+  check_cpu_dtype("pool_combine_backward", x);
+  check_g("pool_combine_backward", x, g, stride);
+  check_coef("pool_combine_backward", x, coef, 6);
+  check_w_skip("pool_combine_backward", x, w_skip, stride);
+  const at::Tensor xc = x.contiguous(), gc = g.contiguous();
+  const at::Tensor cc = coef.to(x.scalar_type()).contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  at::Tensor dx = at::empty({N, C, H, W}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_combine_backward_cpu", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* cp = cc.const_data_ptr<scalar_t>();
+    scalar_t* dp = dx.mutable_data_ptr<scalar_t>();
+    const bool has_skip = w_skip.has_value();  // then stride is 1, and g and dx share the index
+    const scalar_t skip = has_skip ? w_skip->item<scalar_t>() : scalar_t(0);
+    at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        const scalar_t a_max = cp[c], b_max = cp[C + c], c_max = cp[2 * C + c];
+        const scalar_t a_avg = cp[3 * C + c], b_avg = cp[4 * C + c], c_avg = cp[5 * C + c];
+        const scalar_t* plane = xp + p * H * W;
+        const scalar_t* gplane = gp + p * Ho * Wo;
+        scalar_t* d = dp + p * H * W;
+        // The skip term first, then each window scatters its two upstream gradients (reference docstring):
+        // all of g_max to the window's argmax, g_avg / count to each of its in-plane elements.
+        for (int64_t i = 0; i < H * W; ++i) d[i] = has_skip ? skip * gplane[i] : scalar_t(0);
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            const Window<scalar_t, scalar_t> win(plane, H, W, oh, ow, stride);
+            const scalar_t gv = gplane[oh * Wo + ow];
+            d[win.argmax] += a_max * gv + b_max + c_max * win.max;
+            const scalar_t g_avg = (a_avg * gv + b_avg + c_avg * win.mean) / static_cast<scalar_t>(win.count);
+            for (int64_t h = win.hs; h < win.he; ++h)
+              for (int64_t w = win.ws; w < win.we; ++w) d[h * W + w] += g_avg;
+          }
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dnas_fast, CPU, m) {
+  m.impl("pool_stats", &pool_stats_cpu);
+  m.impl("pool_combine", &pool_combine_cpu);
+  m.impl("pool_grad_stats", &pool_grad_stats_cpu);
+  m.impl("pool_combine_backward", &pool_combine_backward_cpu);
+}
+
+}  // namespace dnas_fast
