@@ -69,6 +69,11 @@ def genotype_from_string(text: str) -> Genotype:
         for kw in call.keywords:
             if isinstance(kw.value, ast.Call):  # range(a, b)
                 fields[kw.arg] = range(*[ast.literal_eval(a) for a in kw.value.args])
+            elif kw.arg.endswith("_concat"):  # the published genotypes write [2, 3, 4, 5]
+                nodes = ast.literal_eval(kw.value)
+                fields[kw.arg] = (
+                    range(nodes[0], nodes[-1] + 1) if nodes == list(range(nodes[0], nodes[-1] + 1)) else nodes
+                )
             else:
                 fields[kw.arg] = [tuple(p) for p in ast.literal_eval(kw.value)]
         return Genotype(**fields)

@@ -12,11 +12,13 @@ from .base import SearchSpace, register_space
 
 
 class ResNetBasicBlock(nn.Module):
+    """NAS-Bench-201's reduction block; ``ceil_mode`` pooling keeps odd sizes aligned (same on even sizes)."""
+
     def __init__(self, C_in, C_out, stride):
         super().__init__()
         self.conv_a = ReLUConvBN(C_in, C_out, 3, stride, 1, affine=True)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1, affine=True)
-        self.downsample = nn.Sequential(nn.AvgPool2d(2, 2, 0), nn.Conv2d(C_in, C_out, 1, bias=False))
+        self.downsample = nn.Sequential(nn.AvgPool2d(2, 2, 0, ceil_mode=True), nn.Conv2d(C_in, C_out, 1, bias=False))
 
     def forward(self, x):
         return self.downsample(x) + self.conv_b(self.conv_a(x))

@@ -1,0 +1,308 @@
+"""The bilevel search loop: weights on the train split, architecture on the validation split.
+
+Defaults are the DARTS paper's CIFAR-10 search settings (SGD momentum 0.9, lr 0.025 cosine to 0.001,
+weight decay 3e-4, grad clip 5, batch 64, 50 epochs; alphas: Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
+"""
+
+import dataclasses
+import json
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import (
+    FORMAT,
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from .data import build_search_data
+from .genotype import Genotype, genotype_to_json
+from .spaces import build_space
+from .strategies import StepContext, build_strategy
+
+
+@dataclass
+class SearchConfig:
+    space: str = "darts"
+    space_args: dict = field(default_factory=dict)
+    strategy: str = "darts"
+    strategy_args: dict = field(default_factory=dict)
+    data: str = "digits"
+    data_root: str | None = None
+    data_args: dict = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 64
+    train_portion: float = 0.5
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    backend: str | None = None
+    max_steps_per_epoch: int | None = None
+    num_workers: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SearchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 < self.train_portion < 1:
+            raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
+        if self.lr <= 0 or self.lr_min < 0:
+            raise ValueError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
+        for name in ("space_args", "strategy_args", "data_args"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def describe(derived) -> tuple[str, str]:
+    """(human text, JSON) of a derived architecture."""
+    if isinstance(derived, Genotype):
+        return repr(derived), genotype_to_json(derived)
+    if hasattr(derived, "to_json"):
+        return str(derived), derived.to_json()
+    return str(derived), json.dumps(derived)
+
+
+class Searcher:
+    """Owns the space, the strategy, the optimizers and the run directory (rank 0 writes it)."""
+
+    def __init__(self, config: SearchConfig, run_dir, rank: int = 0, world_size: int = 1):
+        config.validate()
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.run_dir = Path(run_dir)
+        self.device = pick_device(config.device) if world_size == 1 else distributed.local_device(config.device)
+        torch.manual_seed(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.data = build_search_data(
+            config.data, root=config.data_root, batch_size=config.batch_size, train_portion=config.train_portion,
+            seed=config.seed, rank=rank, world_size=world_size, num_workers=config.num_workers, **config.data_args,
+        )  # fmt: skip
+        self.strategy = build_strategy(config.strategy, **config.strategy_args)
+        space_args = dict(in_channels=self.data.in_channels, num_classes=self.data.num_classes, **config.space_args)
+        if config.backend is not None:
+            space_args["backend"] = config.backend
+        self.space = build_space(config.space, **self.strategy.adapt_space_config(space_args)).to(self.device)
+        self.strategy.setup(self.space.arch_spec(), self.device)
+        self.model = distributed.wrap(self.space) if world_size > 1 else self.space
+        self.criterion = nn.CrossEntropyLoss()
+        self.w_optimizer = torch.optim.SGD(
+            self.space.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.a_optimizer = self.strategy.make_arch_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, config.lr_min)
+        self.epoch = 0  # epochs completed
+
+    # ---- persistence --------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def state(self) -> dict:
+        return {
+            "format": FORMAT,
+            "config": dataclasses.asdict(self.config),
+            "space": self.config.space,
+            "space_config": self.space.config,
+            "strategy": self.config.strategy,
+            "epoch": self.epoch,
+            "model": self.space.state_dict(),
+            "strategy_state": self.strategy.state_dict(),
+            "w_optimizer": self.w_optimizer.state_dict(),
+            "a_optimizer": None if self.a_optimizer is None else self.a_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save(self) -> None:
+        if self.rank == 0:
+            atomic_torch_save(self.state(), self.checkpoint_path)
+
+    def load(self, ckpt: dict) -> None:
+        for key in ("space", "strategy"):
+            if ckpt[key] != getattr(self.config, key):
+                raise CheckpointError(
+                    f"checkpoint was made with {key} {ckpt[key]!r}, this run uses {getattr(self.config, key)!r}"
+                )
+        if ckpt["space_config"] != self.space.config:
+            raise CheckpointError(
+                f"checkpoint space config {ckpt['space_config']} does not match this run's {self.space.config}"
+            )
+        try:
+            self.space.load_state_dict(ckpt["model"])
+            self.strategy.load_state_dict(ckpt["strategy_state"])
+            self.w_optimizer.load_state_dict(ckpt["w_optimizer"])
+            if self.a_optimizer is not None:
+                self.a_optimizer.load_state_dict(ckpt["a_optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"checkpoint does not fit this search: {err}") from err
+        set_rng_state(ckpt["rng"])
+        self.epoch = ckpt["epoch"]
+
+    # ---- training -----------------------------------------------------------------------------------
+    def context(self) -> StepContext:
+        return StepContext(
+            model=self.model, module=self.space, criterion=self.criterion, w_optimizer=self.w_optimizer,
+            a_optimizer=self.a_optimizer, lr=self.scheduler.get_last_lr()[0], grad_clip=self.config.grad_clip,
+            epoch=self.epoch, sync_grads=distributed.all_reduce_grads if self.world_size > 1 else (lambda p: None),
+        )  # fmt: skip
+
+    def train_epoch(self) -> dict:
+        config, strategy = self.config, self.strategy
+        strategy.on_epoch_start(self.epoch, config.epochs)
+        self.data.train.set_epoch(self.epoch)
+        self.data.valid.set_epoch(self.epoch)
+        self.space.train()
+        ctx = self.context()
+        steps = len(self.data.train) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
+        valid_iter = iter(self.data.valid)
+        total_loss, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        bar = tqdm(
+            zip(range(steps), self.data.train), total=min(steps, len(self.data.train)),
+            desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=None if self.rank == 0 else True, leave=False,
+        )  # fmt: skip
+        start = time.perf_counter()
+        for _, (x, y) in bar:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if strategy.bilevel and not strategy.arch_frozen():
+                try:
+                    xv, yv = next(valid_iter)
+                except StopIteration:
+                    valid_iter = iter(self.data.valid)
+                    xv, yv = next(valid_iter)
+                strategy.arch_step(ctx, (x, y), (xv.to(self.device), yv.to(self.device)))
+            loss, logits = strategy.weight_step(ctx, (x, y))
+            total_loss += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        self.scheduler.step()
+        return {"train_loss": (total_loss / seen).item(), "train_acc": (correct / seen).item()}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.space.eval()
+        arch = self.strategy.arch_weights("eval")
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in self.data.valid:
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.space(x, arch)
+            total_loss += self.criterion(logits, y).item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        self.space.train()
+        return {"valid_loss": total_loss / seen, "valid_acc": correct / seen}
+
+    def epoch_record(self, train: dict, valid: dict, seconds: float) -> dict:
+        text, _ = describe(self.strategy.derive(self.space))
+        with torch.no_grad():
+            alphas = {g: s.tolist() for g, s in self.strategy.scores().items()}
+        return {
+            "epoch": self.epoch, **train, **valid, "lr": self.scheduler.get_last_lr()[0], "epoch_time": seconds,
+            "peak_memory_mb": peak_memory_mb(self.device), "genotype": text, "alphas": alphas,
+            **self.strategy.epoch_log(),
+        }  # fmt: skip
+
+    def run(self, log=print):
+        """Search until ``config.epochs``; after each epoch append to log.jsonl and checkpoint."""
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            spec = {group: g.op_names for group, g in self.space.arch_spec().items()}
+            atomic_write_text(self.run_dir / "arch_spec.json", json.dumps(spec) + "\n")
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            train = self.train_epoch()
+            valid = self.evaluate()
+            self.epoch += 1
+            record = self.epoch_record(train, valid, time.perf_counter() - start)
+            if self.rank == 0:
+                with open(self.run_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                log(
+                    f"epoch {record['epoch']}/{self.config.epochs}  train {record['train_loss']:.3f}/"
+                    f"{record['train_acc']:.3f}  valid {record['valid_loss']:.3f}/{record['valid_acc']:.3f}  "
+                    f"{record['epoch_time']:.1f}s  {record['peak_memory_mb']:.0f} MB"
+                )
+            self.save()
+        return self.finish()
+
+    def finish(self):
+        derived = self.strategy.derive(self.space)
+        if self.rank == 0:
+            text, as_json = describe(derived)
+            atomic_write_text(self.run_dir / "genotype.txt", text + "\n")
+            atomic_write_text(self.run_dir / "genotype.json", as_json + "\n")
+        return derived
+
+
+def truncate_log(run_dir: Path, epochs_done: int) -> None:
+    """Drop log lines of epochs the checkpoint does not hold (killed between log write and checkpoint)."""
+    path = run_dir / "log.jsonl"
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["epoch"] <= epochs_done]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def run_search(config: SearchConfig, run_dir, resume: bool = False, rank: int = 0, world_size: int = 1, log=print):
+    """Run (or resume) a search in ``run_dir``; returns the derived architecture."""
+    run_dir = Path(run_dir)
+    if resume:
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        searcher = Searcher(config, run_dir, rank, world_size)
+        searcher.load(ckpt)
+        if rank == 0:
+            truncate_log(run_dir, searcher.epoch)
+    else:
+        if rank == 0 and (run_dir / "checkpoint.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a search; pass --resume to continue it or pick a new --out")
+        searcher = Searcher(config, run_dir, rank, world_size)
+    return searcher.run(log=log)
+
+
+def config_from_checkpoint(path) -> SearchConfig:
+    return SearchConfig.from_dict(load_checkpoint(path)["config"])
+
+
+__all__ = ["SearchConfig", "Searcher", "config_from_checkpoint", "run_search"]
