@@ -40,7 +40,7 @@ class Split:
 
     The shuffle of epoch ``e`` is the same on every rank (seeded by ``seed, e, stream``), so the
     ``world_size`` shards ``perm[rank::world_size]`` (remainder dropped) are disjoint and equally long.
-    Subclasses implement ``_batches(positions, epoch)`` and may seed augmentation from ``(seed, epoch, rank)``.
+    Subclasses implement ``_batches(order, epoch, first_batch)``, seeding augmentation from ``(seed, epoch, rank)``.
     """
 
     def __init__(self, indices, batch_size: int, seed: int, stream: int, rank: int, world_size: int, what: str):
