@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <utility>
 #include <vector>
 
 #include "pool_combine.h"
@@ -35,6 +37,81 @@ at::Tensor sum_over_batch(const std::vector<double>& partial, int64_t N, int64_t
   return out.to(dtype);
 }
 
+template <typename T>
+inline T nan_max(T a, T b) {
+  return (b > a || std::isnan(b)) ? b : a;  // a NaN wins, as in max_pool2d
+}
+
+// maxpool3x3 and avgpool3x3 (padding 1, count_include_pad=False) of one plane, computed separably: a 1x3 pass along
+// each row into [H, Wo] buffers, then a 3x1 pass down the columns. Same values as Window (a max does not depend on
+// the order) with fewer loads and loops that the compiler vectorizes; Window stays for the backward, which needs
+// the argmax. One instance per task, reused over its planes.
+template <typename scalar_t>
+class PlanePools {
+ public:
+  PlanePools(int64_t H, int64_t W, int64_t stride)
+      : H_(H), W_(W), Ho_(pooled_size(H, stride)), Wo_(pooled_size(W, stride)), stride_(stride),
+        hmax_(H * Wo_), hsum_(H * Wo_), cols_(Wo_), max_(Ho_ * Wo_), mean_(Ho_ * Wo_) {
+    for (int64_t ow = 0; ow < Wo_; ++ow) cols_[ow] = static_cast<scalar_t>(span(ow, W_).second - span(ow, W_).first);
+  }
+
+  // Fills max() and mean(), each [Ho, Wo] row-major.
+  void compute(const scalar_t* plane) {
+    for (int64_t h = 0; h < H_; ++h) row_pass(plane + h * W_, hmax_.data() + h * Wo_, hsum_.data() + h * Wo_);
+    for (int64_t oh = 0; oh < Ho_; ++oh) {
+      const auto [lo, hi] = span(oh, H_);
+      scalar_t* m = max_.data() + oh * Wo_;
+      scalar_t* t = mean_.data() + oh * Wo_;
+      std::copy_n(hmax_.data() + lo * Wo_, Wo_, m);
+      std::copy_n(hsum_.data() + lo * Wo_, Wo_, t);
+      for (int64_t r = lo + 1; r < hi; ++r) {
+        const scalar_t* hm = hmax_.data() + r * Wo_;
+        const scalar_t* hs = hsum_.data() + r * Wo_;
+        for (int64_t ow = 0; ow < Wo_; ++ow) {
+          m[ow] = nan_max(m[ow], hm[ow]);
+          t[ow] += hs[ow];
+        }
+      }
+      const auto rows = static_cast<scalar_t>(hi - lo);
+      for (int64_t ow = 0; ow < Wo_; ++ow) t[ow] /= rows * cols_[ow];
+    }
+  }
+
+  const scalar_t* max() const { return max_.data(); }
+  const scalar_t* mean() const { return mean_.data(); }
+
+ private:
+  // In-plane input range [lo, hi) of output index o along an axis of length n.
+  std::pair<int64_t, int64_t> span(int64_t o, int64_t n) const {
+    return {std::max<int64_t>(o * stride_ - 1, 0), std::min<int64_t>(o * stride_ + 2, n)};
+  }
+
+  void row_pass(const scalar_t* row, scalar_t* hm, scalar_t* hs) const {
+    auto clipped = [&](int64_t ow) {
+      const auto [lo, hi] = span(ow, W_);
+      scalar_t m = row[lo], t = row[lo];
+      for (int64_t w = lo + 1; w < hi; ++w) {
+        m = nan_max(m, row[w]);
+        t += row[w];
+      }
+      hm[ow] = m;
+      hs[ow] = t;
+    };
+    // Outputs 1 .. interior_end - 1 see the full window [ow * stride - 1, ow * stride + 1].
+    const int64_t interior_end = W_ >= 2 ? (W_ - 2) / stride_ + 1 : 1;
+    clipped(0);
+    for (int64_t ow = 1; ow < interior_end; ++ow) {
+      const scalar_t* c = row + ow * stride_;
+      hm[ow] = nan_max(nan_max(c[-1], c[0]), c[1]);
+      hs[ow] = c[-1] + c[0] + c[1];
+    }
+    for (int64_t ow = std::max<int64_t>(interior_end, 1); ow < Wo_; ++ow) clipped(ow);
+  }
+
+  int64_t H_, W_, Ho_, Wo_, stride_;
+  std::vector<scalar_t> hmax_, hsum_, cols_, max_, mean_;
+};
+
 at::Tensor pool_stats_cpu(const at::Tensor& x, int64_t stride) {
   check_x("pool_stats", x, stride);
   check_cpu_dtype("pool_stats", x);
@@ -45,16 +122,17 @@ at::Tensor pool_stats_cpu(const at::Tensor& x, int64_t stride) {
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_stats_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      PlanePools<scalar_t> pools(H, W, stride);
       for (int64_t p = begin; p < end; ++p) {
+        pools.compute(xp + p * H * W);
         double s[4] = {0, 0, 0, 0};
-        for (int64_t oh = 0; oh < Ho; ++oh)
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const Window<scalar_t, scalar_t> win(xp + p * H * W, H, W, oh, ow, stride);
-            s[0] += win.max;
-            s[1] += static_cast<double>(win.max) * win.max;
-            s[2] += win.mean;
-            s[3] += static_cast<double>(win.mean) * win.mean;
-          }
+        for (int64_t i = 0; i < Ho * Wo; ++i) {
+          const double m = pools.max()[i], a = pools.mean()[i];
+          s[0] += m;
+          s[1] += m * m;
+          s[2] += a;
+          s[3] += a * a;
+        }
         std::copy(s, s + 4, partial.begin() + p * 4);
       }
     });
@@ -80,18 +158,17 @@ at::Tensor pool_combine_cpu(const at::Tensor& x, int64_t stride, const at::Tenso
     const bool has_skip = w_skip.has_value();  // then stride is 1, and x and out share the (oh, ow) index
     const scalar_t skip = has_skip ? w_skip->item<scalar_t>() : scalar_t(0);
     at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      PlanePools<scalar_t> pools(H, W, stride);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
         const scalar_t s_max = cp[c], s_avg = cp[C + c], bias = cp[2 * C + c];
         const scalar_t* plane = xp + p * H * W;
+        const scalar_t *m = pools.max(), *a = pools.mean();
         scalar_t* o = op + p * Ho * Wo;
-        for (int64_t oh = 0; oh < Ho; ++oh)
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const Window<scalar_t, scalar_t> win(plane, H, W, oh, ow, stride);
-            scalar_t v = s_max * win.max + s_avg * win.mean + bias;
-            if (has_skip) v += skip * plane[oh * W + ow];
-            o[oh * Wo + ow] = v;
-          }
+        pools.compute(plane);
+        for (int64_t i = 0; i < Ho * Wo; ++i) o[i] = s_max * m[i] + s_avg * a[i] + bias;
+        if (has_skip)
+          for (int64_t i = 0; i < Ho * Wo; ++i) o[i] += skip * plane[i];
       }
     });
   });
@@ -110,16 +187,17 @@ at::Tensor pool_grad_stats_cpu(const at::Tensor& x, const at::Tensor& g, int64_t
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
     at::parallel_for(0, N * C, planes_per_task(Ho, Wo), [&](int64_t begin, int64_t end) {
+      PlanePools<scalar_t> pools(H, W, stride);
       for (int64_t p = begin; p < end; ++p) {
+        pools.compute(xp + p * H * W);
+        const scalar_t* gplane = gp + p * Ho * Wo;
         double s[3] = {0, 0, 0};
-        for (int64_t oh = 0; oh < Ho; ++oh)
-          for (int64_t ow = 0; ow < Wo; ++ow) {
-            const Window<scalar_t, scalar_t> win(xp + p * H * W, H, W, oh, ow, stride);
-            const double gv = gp[p * Ho * Wo + oh * Wo + ow];
-            s[0] += gv;
-            s[1] += gv * win.max;
-            s[2] += gv * win.mean;
-          }
+        for (int64_t i = 0; i < Ho * Wo; ++i) {
+          const double gv = gplane[i];
+          s[0] += gv;
+          s[1] += gv * pools.max()[i];
+          s[2] += gv * pools.mean()[i];
+        }
         std::copy(s, s + 3, partial.begin() + p * 3);
       }
     });
