@@ -7,11 +7,18 @@ Hooks, in the order the loop calls them:
     on_epoch_start(epoch, n)     schedules (temperature, decay, pruning)
     arch_step(ctx, train, valid) the architecture update (bilevel strategies)
     weight_step(ctx, train)      the weight update (and the alphas too for single-level strategies)
-    arch_weights(phase)          alphas -> per-edge weights and masks (``relax`` per group)
+    arch_weights(phase)          alphas -> per-edge weights and masks (``relax_all``, by default ``relax`` per
+                                 group), plus the DARTS- auxiliary skip weight when ``aux_skip`` is set
     extra_loss(arch, phase)      added to the cross-entropy (resource or sparsity terms)
+    epoch_log()                  extra per-epoch log fields
     scores()/derive(space)       the final architecture
+
+Two options compose with every strategy: ``aux_skip`` (DARTS-, Chu et al. ICLR 2021: an auxiliary skip path on
+every edge weighted by a beta decayed to 0 over the search) and ``hessian_eigenvalue`` (the dominant eigenvalue
+of the validation-loss Hessian w.r.t. the alphas, logged per epoch).
 """
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchWeights, EdgeGroup
+from .diagnostics import dominant_hessian_eigenvalue, preserved_buffers, reference_backend
+from .schedules import AUX_SKIP_SCHEDULES, aux_skip_beta
 
 _STRATEGIES: dict[str, type] = {}
 
@@ -30,6 +39,17 @@ def register_strategy(cls):
 
 def known_strategies() -> list[str]:
     return sorted(_STRATEGIES)
+
+
+def masks_to_cpu(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Bring the bool masks of all groups to the host with ONE device->host copy (one sync per step)."""
+    names = list(masks)
+    flat = torch.cat([masks[n].reshape(-1) for n in names]).cpu()
+    out, start = {}, 0
+    for n in names:
+        out[n] = flat[start : start + masks[n].numel()].view(masks[n].shape)
+        start += masks[n].numel()
+    return out
 
 
 def build_strategy(name: str, **hparams) -> "Strategy":
@@ -60,22 +80,43 @@ class Strategy(nn.Module):
         arch_lr, arch_betas, arch_weight_decay: Adam for the alphas (DARTS paper: 3e-4, (0.5, 0.999), 1e-3).
         init_std: alphas start at ``init_std * randn`` (authors: 1e-3).
         warmup_epochs: epochs with frozen alphas (PC-DARTS: 15).
+        aux_skip: DARTS- auxiliary skip connection with this beta schedule (``linear``, ``cosine``, ``step``)
+            or ``None`` (off). skip_beta: its initial weight beta0 (DARTS-: 1.0).
+        hessian_eigenvalue: log the dominant eigenvalue of the validation-loss Hessian w.r.t. the alphas each
+            epoch (power iteration, ``hessian_iters`` Hessian-vector products, reference backend).
     """
 
     name = ""
     bilevel = True
 
-    def __init__(self, arch_lr=3e-4, arch_betas=(0.5, 0.999), arch_weight_decay=1e-3, init_std=1e-3, warmup_epochs=0):
+    def __init__(
+        self,
+        arch_lr=3e-4,
+        arch_betas=(0.5, 0.999),
+        arch_weight_decay=1e-3,
+        init_std=1e-3,
+        warmup_epochs=0,
+        aux_skip: str | None = None,
+        skip_beta: float = 1.0,
+        hessian_eigenvalue: bool = False,
+        hessian_iters: int = 20,
+    ):
         super().__init__()
+        if aux_skip is not None and aux_skip not in AUX_SKIP_SCHEDULES:
+            raise ValueError(f"aux_skip must be None or one of {AUX_SKIP_SCHEDULES}, got {aux_skip!r}")
         self.arch_lr, self.arch_betas, self.arch_weight_decay = arch_lr, tuple(arch_betas), arch_weight_decay
         self.init_std, self.warmup_epochs = init_std, warmup_epochs
+        self.aux_skip, self.skip_beta = aux_skip, skip_beta
+        self.hessian_eigenvalue, self.hessian_iters = hessian_eigenvalue, hessian_iters
         self.alphas = nn.ParameterDict()
         self.spec: dict[str, EdgeGroup] = {}
         self.epoch, self.num_epochs = 0, 1
+        self._last_arch_batch = None  # (ctx, batch) of the latest arch step, for the Hessian diagnostic
+        self._epoch_start, self._steps, self._last_step_end = 0.0, 0, 0.0
 
     # ---- setup -------------------------------------------------------------------------------------
     def adapt_space_config(self, config: dict) -> dict:
-        return config
+        return {**config, "aux_skip": True} if self.aux_skip else config
 
     def setup(self, spec: dict[str, EdgeGroup], device=None) -> None:
         self.spec = spec
@@ -114,8 +155,23 @@ class Strategy(nn.Module):
         """Per-step edge weights of one group; ``phase`` is ``weights``, ``arch`` or ``eval``."""
         return ArchWeights(self.probabilities(group), mask=self.static_mask(group))
 
-    def arch_weights(self, phase: str) -> dict[str, ArchWeights]:
+    def relax_all(self, phase: str) -> dict[str, ArchWeights]:
+        """All groups at once; strategies that sample masks on the device override this to read them back
+        with a single host copy (:func:`masks_to_cpu`)."""
         return {group: self.relax(group, phase) for group in self.spec}
+
+    def aux_beta(self) -> float:
+        """DARTS- beta of the current epoch (0 once ``epoch >= num_epochs``)."""
+        return aux_skip_beta(self.aux_skip, self.epoch, self.num_epochs, self.skip_beta)
+
+    def arch_weights(self, phase: str) -> dict[str, ArchWeights]:
+        arch = self.relax_all(phase)
+        if self.aux_skip:
+            first = next(iter(arch.values())).weights
+            beta = torch.tensor(self.aux_beta(), dtype=first.dtype, device=first.device)
+            for a in arch.values():
+                a.aux = beta
+        return arch
 
     def extra_loss(self, arch: dict[str, ArchWeights], phase: str):
         return None
@@ -123,13 +179,32 @@ class Strategy(nn.Module):
     # ---- schedule hooks ----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.epoch, self.num_epochs = epoch, num_epochs
+        self._epoch_start, self._steps = time.perf_counter(), 0
 
     def arch_frozen(self) -> bool:
         return self.epoch < self.warmup_epochs
 
     def epoch_log(self) -> dict:
         """Extra per-epoch fields for the JSON log (temperatures, pruned counts, ...)."""
-        return {}
+        log = {}
+        if self.aux_skip:
+            log["aux_beta"] = self.aux_beta()
+        if self.hessian_eigenvalue and self._last_arch_batch is not None:
+            log["hessian_eigenvalue"] = self.hessian_dominant_eigenvalue(*self._last_arch_batch)
+        if self._steps:
+            log["step_time"] = (self._last_step_end - self._epoch_start) / self._steps
+        return log
+
+    def hessian_dominant_eigenvalue(self, ctx: StepContext, batch) -> float:
+        """Dominant eigenvalue of ``d^2 L_val / d alpha^2`` on ``batch`` (DARTS- / R-DARTS diagnostic).
+
+        Runs through the reference backend (double backward), leaves BN statistics and the RNG untouched.
+        """
+        alphas = self.arch_parameters()
+        devices = [alphas[0].device] if alphas[0].device.type == "cuda" else []
+        with reference_backend(), preserved_buffers(ctx.module), torch.random.fork_rng(devices=devices):
+            loss, _ = self.loss(ctx, *batch, "arch")
+            return dominant_hessian_eigenvalue(loss, alphas, self.hessian_iters)
 
     # ---- updates -----------------------------------------------------------------------------------
     def loss(self, ctx: StepContext, x, y, phase: str):
@@ -139,8 +214,13 @@ class Strategy(nn.Module):
         extra = self.extra_loss(arch, phase)
         return (loss if extra is None else loss + extra), logits
 
+    def remember_arch_batch(self, ctx: StepContext, valid_batch) -> None:
+        if self.hessian_eigenvalue:
+            self._last_arch_batch = (ctx, valid_batch)
+
     def arch_step(self, ctx: StepContext, train_batch, valid_batch) -> dict:
         """First-order architecture step on the validation batch (DARTS eq. 6 with xi = 0)."""
+        self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         loss, _ = self.loss(ctx, *valid_batch, "arch")
         loss.backward()
@@ -161,6 +241,8 @@ class Strategy(nn.Module):
         if single_level:
             ctx.sync_grads(self.arch_parameters())
             ctx.a_optimizer.step()
+        self._steps += 1
+        self._last_step_end = time.perf_counter()
         return loss.detach(), logits.detach()
 
     # ---- derivation --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ class Darts(Strategy):
     def arch_step(self, ctx: StepContext, train_batch, valid_batch) -> dict:
         if self.order == 1:
             return super().arch_step(ctx, train_batch, valid_batch)
+        self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         grads, loss = self.second_order_grads(ctx, train_batch, valid_batch)
         for alpha, g in zip(self.arch_parameters(), grads):

@@ -1,0 +1,57 @@
+"""PC-DARTS (Xu, Xie, Zhang, Chen, Qi, Tian & Xiong, "PC-DARTS: Partial Channel Connections for Memory-Efficient
+Architecture Search", ICLR 2020).
+
+What the paper changes, with the authors' defaults (yuhuixu1993/PC-DARTS ``train_search.py``):
+- partial channels (Sec. 3.2): ``1/K`` of the channels go through the ops, the rest bypass, then channel
+  shuffle; K = 4 on CIFAR, 2 on ImageNet (``imagenet=True`` spaces). Set on the space via
+  ``adapt_space_config``; the MixedEdge does the rest.
+- edge normalisation (Sec. 3.3, eq. 4): one beta per incoming edge of each node; the edge's op weights become
+  ``softmax(alpha_e)_k * softmax_{e' -> node}(beta)_e``, folded into the edge weights.
+- warm-up: alphas and betas frozen for the first 15 epochs; alphas Adam lr 6e-4 (wd 1e-3).
+- genotype from op weight times edge weight (the authors' ``_parse(softmax(alpha) * edge weights)``).
+The authors' search loop also uses batch 256 and weight lr 0.1 (search-loop settings, not the strategy's).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..arch import ArchWeights
+from .base import register_strategy
+from .darts import Darts
+
+
+@register_strategy
+class PcDarts(Darts):
+    name = "pc-darts"
+
+    def __init__(self, k: int | None = None, arch_lr: float = 6e-4, warmup_epochs: int = 15, **kwargs):
+        super().__init__(arch_lr=arch_lr, warmup_epochs=warmup_epochs, **kwargs)
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise ValueError(f"PC-DARTS k (partial-channel divisor) must be a positive integer, got {k!r}")
+        self.k = k
+        self.betas = nn.ParameterDict()
+
+    def adapt_space_config(self, config: dict) -> dict:
+        k = self.k if self.k is not None else (2 if config.get("imagenet") else 4)
+        return {**super().adapt_space_config(config), "partial_channels": k}
+
+    def setup(self, spec, device=None) -> None:
+        super().setup(spec, device)
+        for name, group in spec.items():
+            self.betas[name] = nn.Parameter((self.init_std * torch.randn(group.num_edges)).to(device))
+
+    def edge_weights(self, group: str) -> torch.Tensor:
+        """``softmax`` of the betas over the incoming edges of each node, Tensor[E]."""
+        beta = self.betas[group]
+        nodes = torch.tensor(self.spec[group].node_of_edge, device=beta.device)
+        # one masked softmax per node; each edge belongs to exactly one node, so the sum places every weight once
+        return sum(F.softmax(beta.masked_fill(nodes != n, float("-inf")), dim=0) for n in nodes.unique().tolist())
+
+    def relax(self, group: str, phase: str) -> ArchWeights:
+        weights = self.probabilities(group) * self.edge_weights(group)[:, None]
+        return ArchWeights(weights, mask=self.static_mask(group))
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {g: (self.probabilities(g) * self.edge_weights(g)[:, None]).cpu() for g in self.spec}
