@@ -31,13 +31,12 @@ import triton.language as tl
 
 @triton.jit
 def _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE: tl.constexpr, ACC: tl.constexpr):
-    """Max, mean, in-bounds pixel count and argmax (row, col) of the 3x3 windows at output positions (oh, ow)."""
+    """Max, mean, in-bounds pixel count and argmax (as h * W + w) of the 3x3 windows at output pixels (oh, ow)."""
     h0 = oh * STRIDE - 1
     w0 = ow * STRIDE - 1
     best = tl.full(valid.shape, float("-inf"), ACC)
     # PyTorch starts the argmax at the window's first in-bounds pixel (matters only for an all -inf window).
-    best_h = tl.maximum(h0, 0) + tl.zeros(valid.shape, tl.int32)
-    best_w = tl.maximum(w0, 0) + tl.zeros(valid.shape, tl.int32)
+    best_i = tl.maximum(h0, 0) * W + tl.maximum(w0, 0) + tl.zeros(valid.shape, tl.int32)
     total = tl.zeros(valid.shape, ACC)
     count = tl.zeros(valid.shape, ACC)
     for dh in tl.static_range(3):
@@ -49,69 +48,65 @@ def _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE: tl.constexpr, ACC: t
             # Row-major scan with a strict '>' keeps the first maximum on ties; NaN always wins (PyTorch).
             take = m & ((v > best) | (v != v))
             best = tl.where(take, v, best)
-            best_h = tl.where(take, h, best_h)
-            best_w = tl.where(take, w, best_w)
+            best_i = tl.where(take, h * W + w, best_i)
             total += tl.where(m, v, 0.0)
             count += m.to(ACC)
     # Zeros outside the output grid, so callers can sum tiles without masking (and never form 0 * -inf).
-    return tl.where(valid, best, 0.0), total / tl.maximum(count, 1.0), count, best_h, best_w
+    return tl.where(valid, best, 0.0), total / tl.maximum(count, 1.0), count, best_i
 
 
 @triton.jit
-def _tile(C, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """(n, c, row indices [BLOCK_H, 1], col indices [1, BLOCK_W], partial slot) of this program's tile."""
-    pid_nc = tl.program_id(0).to(tl.int64)
-    pid_t = tl.program_id(1)
-    n = pid_nc // C
-    c = pid_nc % C
-    rows = (pid_t // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    cols = (pid_t % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    slot = n * tl.num_programs(1) + pid_t
-    return n, c, rows, cols, slot
+def _tile(NC, C, n_px, row_len, PLANES: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's planes and pixels: n, c, plane_ok ([PLANES, 1]); row, col, px_ok ([PLANES or 1, BLOCK_P])."""
+    plane = tl.program_id(0).to(tl.int64) * PLANES + tl.arange(0, PLANES)[:, None]
+    px = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    return plane // C, plane % C, plane < NC, px // row_len, px % row_len, (plane < NC) & (px < n_px)
+
+
+@triton.jit
+def _store_partial(part_ptr, k, n, c, plane_ok, C, n_slots, value):
+    """partial[k, c, n * tiles + tile] = sum over this program's pixels of each plane's ``value`` rows."""
+    slot = n * tl.num_programs(1) + tl.program_id(1)
+    tl.store(part_ptr + (k * C + c) * n_slots + slot, tl.sum(value, 1)[:, None], mask=plane_ok)
 
 
 @triton.jit
 def _pool_stats_kernel(
-    x_ptr, part_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, tiles_w, n_slots,
-    STRIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr, part_ptr, NC, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, n_slots,
+    STRIDE: tl.constexpr, ACC: tl.constexpr, PLANES: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    n, c, oh, ow, slot = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
-    valid = (oh < Ho) & (ow < Wo)
-    mp, ap, _, _, _ = _window(x_ptr + n * sxn + c * sxc, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
-    part = part_ptr + c * n_slots + slot  # partial[k, c, slot], k-stride C * n_slots
-    tl.store(part, tl.sum(mp))
-    tl.store(part + C * n_slots, tl.sum(mp * mp))
-    tl.store(part + 2 * C * n_slots, tl.sum(ap))
-    tl.store(part + 3 * C * n_slots, tl.sum(ap * ap))
+    n, c, plane_ok, oh, ow, valid = _tile(NC, C, Ho * Wo, Wo, PLANES, BLOCK_P)
+    mp, ap, _, _ = _window(x_ptr + n * sxn + c * sxc, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+    _store_partial(part_ptr, 0, n, c, plane_ok, C, n_slots, mp)
+    _store_partial(part_ptr, 1, n, c, plane_ok, C, n_slots, mp * mp)
+    _store_partial(part_ptr, 2, n, c, plane_ok, C, n_slots, ap)
+    _store_partial(part_ptr, 3, n, c, plane_ok, C, n_slots, ap * ap)
 
 
 @triton.jit
 def _pool_grad_stats_kernel(
-    x_ptr, g_ptr, part_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, tiles_w, n_slots,
-    STRIDE: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr, g_ptr, part_ptr, NC, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, n_slots,
+    STRIDE: tl.constexpr, ACC: tl.constexpr, PLANES: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    n, c, oh, ow, slot = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
-    valid = (oh < Ho) & (ow < Wo)
-    mp, ap, _, _, _ = _window(x_ptr + n * sxn + c * sxc, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+    n, c, plane_ok, oh, ow, valid = _tile(NC, C, Ho * Wo, Wo, PLANES, BLOCK_P)
+    mp, ap, _, _ = _window(x_ptr + n * sxn + c * sxc, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
     g = tl.load(g_ptr + n * sgn + c * sgc + oh * sgh + ow * sgw, mask=valid, other=0.0).to(ACC)
-    part = part_ptr + c * n_slots + slot
-    tl.store(part, tl.sum(g))
-    tl.store(part + C * n_slots, tl.sum(g * mp))
-    tl.store(part + 2 * C * n_slots, tl.sum(g * ap))
+    _store_partial(part_ptr, 0, n, c, plane_ok, C, n_slots, g)
+    _store_partial(part_ptr, 1, n, c, plane_ok, C, n_slots, g * mp)
+    _store_partial(part_ptr, 2, n, c, plane_ok, C, n_slots, g * ap)
 
 
 @triton.jit
 def _pool_combine_kernel(
-    x_ptr, coef_ptr, skip_ptr, out_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, tiles_w,
-    STRIDE: tl.constexpr, HAS_SKIP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr, coef_ptr, skip_ptr, out_ptr, NC, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw,
+    STRIDE: tl.constexpr, HAS_SKIP: tl.constexpr, ACC: tl.constexpr, PLANES: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    n, c, oh, ow, _ = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
-    valid = (oh < Ho) & (ow < Wo)
+    n, c, plane_ok, oh, ow, valid = _tile(NC, C, Ho * Wo, Wo, PLANES, BLOCK_P)
     x_plane = x_ptr + n * sxn + c * sxc
-    mp, ap, _, _, _ = _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
-    s_max = tl.load(coef_ptr + c).to(ACC)
-    s_avg = tl.load(coef_ptr + C + c).to(ACC)
-    bias = tl.load(coef_ptr + 2 * C + c).to(ACC)
+    mp, ap, _, _ = _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+    s_max = tl.load(coef_ptr + c, mask=plane_ok, other=0.0).to(ACC)
+    s_avg = tl.load(coef_ptr + C + c, mask=plane_ok, other=0.0).to(ACC)
+    bias = tl.load(coef_ptr + 2 * C + c, mask=plane_ok, other=0.0).to(ACC)
     out = s_max * mp + s_avg * ap + bias
     if HAS_SKIP:  # stride 1 only (checked by the launcher), so output pixel == input pixel
         x = tl.load(x_plane + oh * sxh + ow * sxw, mask=valid, other=0.0).to(ACC)
@@ -121,45 +116,47 @@ def _pool_combine_kernel(
 
 @triton.jit
 def _pool_combine_backward_kernel(
-    x_ptr, g_ptr, coef_ptr, skip_ptr, dx_ptr, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, tiles_w,
-    STRIDE: tl.constexpr, HAS_SKIP: tl.constexpr, ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    x_ptr, g_ptr, coef_ptr, skip_ptr, dx_ptr, NC, C, H, W, Ho, Wo, sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
+    STRIDE: tl.constexpr, HAS_SKIP: tl.constexpr, ACC: tl.constexpr, PLANES: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    n, c, ih, iw, _ = _tile(C, tiles_w, BLOCK_H, BLOCK_W)
-    inside = (ih < H) & (iw < W)
+    n, c, plane_ok, ih, iw, inside = _tile(NC, C, H * W, W, PLANES, BLOCK_P)
     x_plane = x_ptr + n * sxn + c * sxc
     g_plane = g_ptr + n * sgn + c * sgc
-    a_max = tl.load(coef_ptr + c).to(ACC)
-    b_max = tl.load(coef_ptr + C + c).to(ACC)
-    c_max = tl.load(coef_ptr + 2 * C + c).to(ACC)
-    a_avg = tl.load(coef_ptr + 3 * C + c).to(ACC)
-    b_avg = tl.load(coef_ptr + 4 * C + c).to(ACC)
-    c_avg = tl.load(coef_ptr + 5 * C + c).to(ACC)
-    dx = tl.zeros((BLOCK_H, BLOCK_W), ACC)
-    # Input pixel i sits at offset (kh, kw) of the window of output o iff o * STRIDE - 1 + k = i.
-    for kh in tl.static_range(3):
-        for kw in tl.static_range(3):
-            th = ih + 1 - kh
-            tw = iw + 1 - kw
-            valid = inside & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0)
-            oh = tl.where(valid, th // STRIDE, 0)
-            ow = tl.where(valid, tw // STRIDE, 0)
-            valid = valid & (oh < Ho) & (ow < Wo)
-            mp, ap, count, am_h, am_w = _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
-            g = tl.load(g_plane + oh * sgh + ow * sgw, mask=valid, other=0.0).to(ACC)
-            # dL/dmaxpool and dL/davgpool of the folded BN (see pool_combine_ref), routed to the argmax / 1/count.
-            g_max = a_max * g + b_max + c_max * mp
-            g_avg = a_avg * g + b_avg + c_avg * ap
-            dx += tl.where(valid & (am_h == ih) & (am_w == iw), g_max, 0.0)
-            dx += tl.where(valid, g_avg / tl.maximum(count, 1.0), 0.0)
+    a_max = tl.load(coef_ptr + c, mask=plane_ok, other=0.0).to(ACC)
+    b_max = tl.load(coef_ptr + C + c, mask=plane_ok, other=0.0).to(ACC)
+    c_max = tl.load(coef_ptr + 2 * C + c, mask=plane_ok, other=0.0).to(ACC)
+    a_avg = tl.load(coef_ptr + 3 * C + c, mask=plane_ok, other=0.0).to(ACC)
+    b_avg = tl.load(coef_ptr + 4 * C + c, mask=plane_ok, other=0.0).to(ACC)
+    c_avg = tl.load(coef_ptr + 5 * C + c, mask=plane_ok, other=0.0).to(ACC)
+    here = ih * W + iw
+    dx = tl.zeros((PLANES, BLOCK_P), ACC)
+    # Input pixel i sits at offset (kh, kw) of the window of output o iff o * STRIDE - 1 + k = i. A runtime loop
+    # over the 9 windows: unrolled, all 81 loads go live at once (255 registers + spills on sm_90).
+    for k in range(9):
+        th = ih + 1 - k // 3
+        tw = iw + 1 - k % 3
+        valid = inside & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0)
+        oh = tl.where(valid, th // STRIDE, 0)
+        ow = tl.where(valid, tw // STRIDE, 0)
+        valid = valid & (oh < Ho) & (ow < Wo)
+        mp, ap, count, argmax = _window(x_plane, oh, ow, valid, H, W, sxh, sxw, STRIDE, ACC)
+        g = tl.load(g_plane + oh * sgh + ow * sgw, mask=valid, other=0.0).to(ACC)
+        # dL/dmaxpool and dL/davgpool of the folded BN (see pool_combine_ref), routed to the argmax / 1/count.
+        g_max = a_max * g + b_max + c_max * mp
+        g_avg = a_avg * g + b_avg + c_avg * ap
+        dx += tl.where(valid & (argmax == here), g_max, 0.0)
+        dx += tl.where(valid, g_avg / tl.maximum(count, 1.0), 0.0)
     if HAS_SKIP:  # stride 1 only, so g and x share the pixel grid
         dx += tl.load(skip_ptr).to(ACC) * tl.load(g_plane + ih * sgh + iw * sgw, mask=inside, other=0.0).to(ACC)
-    tl.store(dx_ptr + (n * C + c) * H * W + ih * W + iw, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+    tl.store(dx_ptr + (n * C + c) * H * W + here, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
 
 # --------------------------------------------------------------------------------------------------------- launchers
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_MAX_TILE = 1024  # pixels per program: a whole 32x32 DARTS plane in one program of 4 warps
+# Pixels per program, one per thread: 16 warps. Measured by compiling for sm_90 (cuobjdump, no GPU timing yet):
+# 1 pixel/thread keeps every kernel at <= 63 registers without spills; 8 pixels/thread spilled the backward.
+_MAX_TILE = 512
 
 
 def _check_x(x: torch.Tensor, stride: int) -> None:
@@ -167,7 +164,9 @@ def _check_x(x: torch.Tensor, stride: int) -> None:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got {getattr(x, 'shape', type(x))}")
     if x.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"x must have a floating dtype in {_FLOAT_DTYPES}, got {x.dtype}")
-    if stride not in (1, 2) or isinstance(stride, bool):
+    if 0 in x.shape[2:]:
+        raise ValueError(f"x must have non-empty planes, got shape {list(x.shape)}")
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride!r}")
 
 
@@ -199,28 +198,30 @@ def _acc(x: torch.Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
 
 
-def _grid(N: int, C: int, rows: int, cols: int):
-    """(grid, meta) for 2-D tiles of at most _MAX_TILE pixels over a rows x cols plane."""
-    block_w = min(triton.next_power_of_2(cols), 64)
-    block_h = min(triton.next_power_of_2(rows), max(1, _MAX_TILE // block_w))
-    tiles_w = triton.cdiv(cols, block_w)
-    tiles = triton.cdiv(rows, block_h) * tiles_w
-    warps = max(1, min(8, block_h * block_w // 256))
-    return (N * C, tiles), dict(tiles_w=tiles_w, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=warps)
+def _grid(planes: int, n_px: int):
+    """(grid, meta): programs of PLANES planes x BLOCK_P pixels of a plane of n_px pixels; small planes (the
+    4x4 outputs of a stride-2 edge on 8x8) are packed several to a program so that no warp idles. An empty
+    batch gives an empty grid, which the launchers skip."""
+    block_p = min(triton.next_power_of_2(n_px), _MAX_TILE)
+    per_program = min(_MAX_TILE // block_p, triton.next_power_of_2(max(planes, 1)))
+    grid = (triton.cdiv(planes, per_program), triton.cdiv(n_px, block_p))
+    return grid, dict(PLANES=per_program, BLOCK_P=block_p, num_warps=max(1, per_program * block_p // 32))
 
 
 def _partial_stats(kernel, k: int, x: torch.Tensor, g: torch.Tensor | None, stride: int) -> torch.Tensor:
     """Run a statistics kernel into partial[k, C, N * tiles] and finish the reduction on the host."""
     N, C, H, W = x.shape
     Ho, Wo = _out_hw(x, stride)
-    grid, meta = _grid(N, C, Ho, Wo)
+    grid, meta = _grid(N * C, Ho * Wo)
     n_slots = N * grid[1]
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     part = torch.empty(k, C, n_slots, device=x.device, dtype=acc_dtype)
+    if n_slots == 0:
+        return part.sum(-1)
     g_args = () if g is None else (g,)
     g_strides = () if g is None else g.stride()
     kernel[grid](
-        x, *g_args, part, C, H, W, Ho, Wo, *x.stride(), *g_strides, n_slots=n_slots,
+        x, *g_args, part, N * C, C, H, W, Ho, Wo, *x.stride(), *g_strides, n_slots,
         STRIDE=stride, ACC=_acc(x), **meta,
     )  # fmt: skip
     return part.sum(-1)
@@ -272,9 +273,12 @@ def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch
     _check_skip(w_skip, x, stride)
     Ho, Wo = _out_hw(x, stride)
     out = torch.empty(N, C, Ho, Wo, device=x.device, dtype=x.dtype)
-    grid, meta = _grid(N, C, Ho, Wo)
-    _pool_combine_kernel[grid](
-        x, coef.contiguous(), coef if w_skip is None else w_skip, out, C, H, W, Ho, Wo, *x.stride(),
+    grid, meta = _grid(N * C, Ho * Wo)
+    if out.numel() == 0:
+        return out
+    coef = coef.contiguous()
+    _pool_combine_kernel[grid](  # without w_skip, coef stands in for the never-read skip pointer
+        x, coef, coef if w_skip is None else w_skip, out, N * C, C, H, W, Ho, Wo, *x.stride(),
         STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
     )  # fmt: skip
     return out
@@ -301,9 +305,12 @@ def pool_combine_backward(
     _check_skip(w_skip, x, stride)
     Ho, Wo = _out_hw(x, stride)
     dx = torch.empty(N, C, H, W, device=x.device, dtype=x.dtype)
-    grid, meta = _grid(N, C, H, W)
+    grid, meta = _grid(N * C, H * W)
+    if dx.numel() == 0:
+        return dx
+    coef = coef.contiguous()
     _pool_combine_backward_kernel[grid](
-        x, g, coef.contiguous(), coef if w_skip is None else w_skip, dx, C, H, W, Ho, Wo, *x.stride(), *g.stride(),
+        x, g, coef, coef if w_skip is None else w_skip, dx, N * C, C, H, W, Ho, Wo, *x.stride(), *g.stride(),
         STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
     )  # fmt: skip
     return dx
