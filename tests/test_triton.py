@@ -192,6 +192,33 @@ def test_import_without_triton():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
+def test_benchmark_helpers_on_cpu(capsys):
+    """The GPU benchmark's check and timed closures run (on the interpreter here); main() exits cleanly on CPU."""
+    bench = importlib.import_module("triton_kernels.bench_pool_combine")
+    names = triton_kernels.__all__[1:]
+    triton_prims = {n: getattr(pc, n) for n in names}
+    ref_prims = {n: getattr(ref, n + "_ref") for n in names}
+    for stride in (1, 2):
+        x, g, coef3, coef6, w = bench.make_inputs(2, 3, 5, 6, stride, torch.float32, device="cpu")
+        w_skip = w[2] if stride == 1 else None
+        bench.check(triton_prims, ref_prims, x, g, stride, coef3, coef6, w_skip)
+        fused, _ = bench.fused_fns(triton_prims, x, g, stride, coef3, coef6, w_skip)
+        naive, (xr,) = bench.naive_fns(x, g, stride, w)
+        for mode in ("fwd", "bwd", "full"):
+            fused[mode]()
+            naive[mode]()
+            assert bench.minimal_bytes(mode, x, g) > 0
+        # The naive edge is the fused one with BN folded in (eps 1e-5, biased batch variance).
+        stats = ref.pool_stats_ref(x, stride).double()
+        mean = stats[0::2] / g[:, 0].numel()
+        scale = w[:2, None] / (stats[1::2] / g[:, 0].numel() - mean**2 + 1e-5).sqrt()
+        coef = torch.cat([scale, -(scale * mean).sum(0, keepdim=True)]).float()
+        assert_close("naive", ref.pool_combine_ref(x, stride, coef, w_skip), naive["fwd"](), atol=1e-4, rtol=1e-4)
+    if not torch.cuda.is_available():
+        assert bench.main(["--batch", "1"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
 COMPILE_FOR_SM90 = """
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
