@@ -192,7 +192,8 @@ class TFNAS(Strategy):
             self.width_epoch.fill_(epoch)
             self._block_lat = None
         if self._block_lat is None:
-            self._block_lat = latency.block_table(space.widths()).to(self.alphas["ops"].device)
+            alpha = self.alphas["ops"]
+            self._block_lat = latency.block_table(space.widths()).to(alpha.device, alpha.dtype)
 
     def expected_latency(self, arch) -> torch.Tensor:
         return self._latency.expected(arch["ops"].weights, arch["depth"].weights, self._block_lat)

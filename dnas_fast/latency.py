@@ -1,0 +1,367 @@
+"""Latency lookup tables for the MBConv space (TF-NAS, Hu et al., ECCV 2020, Sec. 3.4).
+
+* ``build_table``: times every candidate op at every block shape of a space, at a few expanded widths, on the
+  current device (GPU batch 32, CPU batch 1, as in the paper), after warm-up, as the median of repeats.
+* ``LatencyTable``: a versioned JSON file holding one table per device name; ``latency(key, width)``
+  interpolates linearly between the measured widths.
+* ``SupernetLatency``: the expected latency of the supernet as a differentiable function of the op weights
+  ``[E, K]`` and sink depth weights ``[S, D]`` (authors' ``MixedOP``/``MixedStage``), and the latency of a
+  derived architecture (authors' ``get_lookup_latency``).
+* ``measure_ms``, ``count_flops``: real latency and multiply-accumulates of a module.
+* ``register_cli``: ``dnas-fast latency build``.
+
+File format (``version`` 1)::
+
+    {"format": "dnas_fast.latency", "version": 1,
+     "devices": {"<device name>": {"batch_size": 1, "repeats": 50, "torch": "...", "date": "...",
+                                   "entries": {"<op>|<C_in>|<C_out>|s<stride>|<H>x<W>": {"widths": [..], "ms": [..]}},
+                                   "base": {"<stem/head key>": ms}}}}
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT, VERSION = "dnas_fast.latency", 1
+DEFAULT_WIDTHS = (0.5, 0.625, 0.75, 0.875, 1.0)  # fractions of the allocated width; elastic range is [1/2, 1]
+
+
+# ---- measurement ---------------------------------------------------------------------------------------
+def device_name(device) -> str:
+    """A table key for ``device``: the GPU name, or the CPU model and torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"cpu:{model}:threads={torch.get_num_threads()}"
+
+
+def default_batch_size(device) -> int:
+    """The paper's measuring batch: 32 on a GPU, 1 on a CPU."""
+    return 32 if torch.device(device).type == "cuda" else 1
+
+
+@torch.no_grad()
+def measure_ms(module: nn.Module, input_shape, device="cpu", repeats=50, warmup=10) -> float:
+    """Median wall time in ms of ``module(x)`` for ``x (Tensor[input_shape])``, eval mode, after ``warmup``."""
+    device = torch.device(device)
+    module = module.to(device).eval()
+    x = torch.randn(*input_shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        module(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module(x)
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def measure_derived(config: dict, device="cpu", repeats=200, warmup=20, batch_size=None) -> float:
+    """Real median latency (ms) of the derived network ``config`` (``MBConvSpace.derive``) on ``device``."""
+    from .spaces.mbconv import MBConvNet
+
+    batch = default_batch_size(device) if batch_size is None else batch_size
+    res = config["resolution"]
+    return measure_ms(MBConvNet(config), (batch, config["in_channels"], res, res), device, repeats, warmup)
+
+
+def count_flops(model: nn.Module, input_shape) -> dict:
+    """Multiply-accumulates (convs and linears) in millions per image, and parameters in millions."""
+    macs = []
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            macs.append(out.numel() / out.shape[0] * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, nn.Linear):
+            macs.append(m.in_features * m.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(*input_shape, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {"mflops": sum(macs) / 1e6, "mparams": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+# ---- keys ----------------------------------------------------------------------------------------------
+def block_key(op: str, shape) -> str:
+    return f"{op}|{shape.C_in}|{shape.C_out}|s{shape.stride}|{shape.H}x{shape.W}"
+
+
+def base_key(config: dict) -> str:
+    """The fixed parts (stem + head) of a space or derived config."""
+    c = config
+    last = c.get("last_channels") or c["stages"][-1][0]
+    return (
+        f"base|in{c['in_channels']}|stem{c['stem'][0]},{c['stem'][1]}|s{c['stem_stride']}|r{c['resolution']}"
+        f"|head{last},{c['head']}|cls{c['num_classes']}"
+    )
+
+
+class _Base(nn.Module):
+    """Stem and head run back to back (the head input is resized to the last stage's resolution)."""
+
+    def __init__(self, config, last_channels, last_hw):
+        super().__init__()
+        from .spaces.mbconv import build_head, build_stem
+
+        self.stem = build_stem(config["in_channels"], config["stem"], config["stem_stride"], affine=True)
+        self.head = build_head(last_channels, config["head"], config["num_classes"], affine=True)
+        self.last = (last_channels, last_hw)
+
+    def forward(self, x):
+        self.stem(x)
+        C, H = self.last
+        return self.head(x.new_zeros(x.shape[0], C, H, H))
+
+
+# ---- table ---------------------------------------------------------------------------------------------
+class LatencyTable:
+    """One device's measurements. ``entries[key] = {"widths": [...], "ms": [...]}``, ``base[key] = ms``."""
+
+    def __init__(self, device: str, batch_size: int, entries=None, base=None, meta=None):
+        self.device, self.batch_size = device, batch_size
+        self.entries, self.base, self.meta = dict(entries or {}), dict(base or {}), dict(meta or {})
+
+    def latency(self, key: str, width: float) -> float:
+        """ms of op ``key`` at expanded ``width``: linear interpolation between measured widths (clamped)."""
+        if key not in self.entries:
+            raise KeyError(f"latency table for {self.device!r} has no entry {key!r}; rebuild it for this space")
+        e = self.entries[key]
+        return float(np.interp(width, e["widths"], e["ms"]))
+
+    def base_latency(self, key: str) -> float:
+        if key not in self.base:
+            raise KeyError(f"latency table for {self.device!r} has no stem/head entry {key!r}; rebuild it")
+        return self.base[key]
+
+    def to_dict(self) -> dict:
+        return {"batch_size": self.batch_size, **self.meta, "entries": self.entries, "base": self.base}
+
+    @classmethod
+    def from_dict(cls, device: str, d: dict) -> "LatencyTable":
+        meta = {k: v for k, v in d.items() if k not in ("batch_size", "entries", "base")}
+        return cls(device, d["batch_size"], d["entries"], d["base"], meta)
+
+    def save(self, path) -> None:
+        """Write (or merge into) ``path``; other devices' tables in the file are kept."""
+        path = Path(path)
+        doc = read_file(path) if path.exists() else {"format": FORMAT, "version": VERSION, "devices": {}}
+        doc["devices"][self.device] = self.to_dict()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, device: str | None = None) -> "LatencyTable":
+        """The table of ``device`` (a ``device_name``; default: the only one in the file)."""
+        doc = read_file(Path(path))
+        devices = doc["devices"]
+        if device is None:
+            if len(devices) != 1:
+                raise ValueError(f"{path} holds tables for {sorted(devices)}; pick one with latency_device")
+            device = next(iter(devices))
+        if device not in devices:
+            raise ValueError(f"{path} has no latency table for device {device!r}; it has {sorted(devices)}")
+        return cls.from_dict(device, devices[device])
+
+
+def load_table(path, device: str, strict: bool = True) -> LatencyTable:
+    """The table of ``device`` in ``path``; unless ``strict``, a file with a single other device's table is
+    used with a warning (e.g. a CPU table copied from another machine)."""
+    devices = read_file(Path(path))["devices"]
+    if device in devices or strict or len(devices) != 1:
+        return LatencyTable.load(path, device)
+    other = next(iter(devices))
+    warnings.warn(f"{path} has no table for {device!r}; using the one for {other!r}", stacklevel=2)
+    return LatencyTable.load(path, other)
+
+
+def read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"latency table {path} does not exist")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"latency table {path} is not valid JSON: {err}") from err
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("devices"), dict):
+        raise ValueError(f"{path} is not a dnas_fast latency table")
+    if doc.get("version") != VERSION:
+        raise ValueError(f"latency table {path} has version {doc.get('version')}, this dnas_fast reads {VERSION}")
+    return doc
+
+
+def width_grid(max_mid: int, fractions) -> list[int]:
+    return sorted({max(1, round(f * max_mid)) for f in fractions})
+
+
+def build_table(
+    space, device="cpu", fractions=DEFAULT_WIDTHS, repeats=50, warmup=10, batch_size=None, calibrate=5, log=None
+):
+    """Measure every (candidate, block shape) of ``space`` (an ``MBConvSpace``) at the widths
+    ``fractions x allocated width``, plus its stem and head, on ``device``; then ``calibrate`` random derived
+    networks whole to get the table's ``scale`` (0 = no calibration, scale 1)."""
+    from .ops.mbconv import build_mbconv
+
+    batch = default_batch_size(device) if batch_size is None else batch_size
+    entries = {}
+    shapes = space.flat_shapes()
+    for e, (shape, edge) in enumerate(zip(shapes, space.block_edges())):
+        for name, op in zip(edge.op_names, edge._ops):
+            key = block_key(name, shape)
+            if key in entries:
+                continue
+            widths = width_grid(op.max_mid, fractions)
+            ms = [
+                measure_ms(build_mbconv(name, shape.C_in, shape.C_out, shape.stride, True, mid=w),
+                           (batch, shape.C_in, shape.H, shape.W), device, repeats, warmup)
+                for w in widths
+            ]  # fmt: skip
+            entries[key] = {"widths": widths, "ms": ms}
+        if log:
+            log(f"block {e + 1}/{len(shapes)} measured")
+    config = space.config
+    last = shapes[-1]
+    last_hw = -(-last.H // last.stride)
+    base_ms = measure_ms(
+        _Base(config, last.C_out, last_hw), (batch, config["in_channels"], config["resolution"], config["resolution"]),
+        device, repeats, warmup,
+    )  # fmt: skip
+    meta = {"repeats": repeats, "warmup": warmup, "torch": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    table = LatencyTable(device_name(device), batch, entries, {base_key(config): base_ms}, meta)
+    if calibrate:
+        table.meta["scale"] = calibration_scale(table, space, device, calibrate, 4 * repeats, warmup, batch)
+    return table
+
+
+def calibration_scale(table, space, device, samples, repeats, warmup, batch) -> float:
+    """Median of measured / LUT-summed latency over ``samples`` random derived networks of ``space``.
+
+    A whole network runs slower than the sum of its blocks timed alone (on a 2-core CPU, batch 1, about 8%:
+    allocator and cache effects); the authors add a constant "latency rectifier" for the same reason.
+    """
+    model = SupernetLatency(table, space)
+    spec = space.arch_spec()
+    gen = torch.Generator().manual_seed(0)  # the global RNG stays untouched
+    E, K = len(model.shapes), len(spec["ops"].op_names)
+    max_w = space.max_widths()
+    ratios = []
+    for _ in range(samples):
+        ops = torch.randint(K, (E,), generator=gen).tolist()
+        depths = [int(torch.multinomial(row.float(), 1, generator=gen)) for row in spec["depth"].allowed]
+        widths = max_w // 2 + (torch.rand(max_w.shape, generator=gen) * (max_w - max_w // 2 + 1)).long()
+        config = space.derived_config(ops, depths, widths)
+        ratios.append(measure_derived(config, device, repeats, warmup, batch) / model.derived(ops, depths, widths))
+    return statistics.median(ratios)
+
+
+# ---- latency of the supernet and of derived architectures ----------------------------------------------
+class SupernetLatency:
+    """Latency model of one ``MBConvSpace`` from a ``LatencyTable``.
+
+    Expected latency (authors' ``Network.forward`` with ``sampling=False``)::
+
+        LAT = scale * (base + sum_s sum_j d[s, j] * sum_{b < j} sum_k w[e(s, b), k] * lat[e(s, b), k])
+    """
+
+    def __init__(self, table: LatencyTable, space):
+        self.table = table
+        self.shapes = space.flat_shapes()
+        self.op_names = [edge.op_names for edge in space.block_edges()]
+        self.base = table.base_latency(base_key(space.config))
+        self.scale = table.meta.get("scale", 1.0)  # whole-network calibration (see ``calibration_scale``)
+        spec = space.arch_spec()["depth"]
+        S, D, E = spec.num_edges, len(spec.op_names), len(self.shapes)
+        # prefix[s, j, e] = 1 when block e is among the first j blocks of stage s
+        prefix = torch.zeros(S, D, E)
+        for s, (first, last) in enumerate(zip(spec.source_of_edge, spec.node_of_edge)):
+            for j in range(D):
+                prefix[s, j, first : min(first + j, last)] = 1
+        self.prefix = prefix
+        self.stage_edges = [list(range(f, l)) for f, l in zip(spec.source_of_edge, spec.node_of_edge)]
+
+    def op_latency(self, e: int, k: int, width: float) -> float:
+        return self.table.latency(block_key(self.op_names[e][k], self.shapes[e]), width)
+
+    def block_table(self, widths) -> torch.Tensor:
+        """Tensor[E, K] float64: latency of every candidate at its width ``widths[E, K]``."""
+        rows = [[self.op_latency(e, k, float(w)) for k, w in enumerate(row)] for e, row in enumerate(widths)]
+        return torch.tensor(rows, dtype=torch.float64)
+
+    def expected(self, op_weights, depth_weights, block_table) -> torch.Tensor:
+        """op_weights (Tensor[E, K]), depth_weights (Tensor[S, D]), block_table (Tensor[E, K]) -> Tensor[] ms."""
+        per_block = (op_weights * block_table).sum(-1)  # [E]
+        prefix = self.prefix.to(per_block.device, per_block.dtype)
+        return self.scale * (self.base + (depth_weights * (prefix @ per_block)).sum())
+
+    def derived(self, ops, depths, widths) -> float:
+        """ms of the architecture keeping the first ``depths[s]`` blocks of stage ``s`` with ops ``ops[e]``."""
+        blocks = sum(
+            self.op_latency(e, ops[e], float(widths[e][ops[e]])) for s, edges in enumerate(self.stage_edges)
+            for e in edges[: depths[s]]
+        )  # fmt: skip
+        return self.scale * (self.base + blocks)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------
+def register_cli(subparsers) -> None:
+    """Adds ``dnas-fast latency build``."""
+    p = subparsers.add_parser("latency", help="latency lookup tables (TF-NAS)")
+    sub = p.add_subparsers(dest="latency_command", required=True)
+    b = sub.add_parser("build", help="measure a latency table for the mbconv space on this device")
+    b.add_argument("--space-args", default="{}", help="JSON config of the mbconv space (as for search)")
+    b.add_argument("--out", required=True, help="JSON table file (created, or merged: other devices are kept)")
+    b.add_argument("--device", default="cpu", help="cpu or cuda[:i] (GPU tables use batch 32, CPU batch 1)")
+    b.add_argument("--widths", default=",".join(map(str, DEFAULT_WIDTHS)),
+                   help="comma-separated fractions of each candidate's allocated expanded width to time")  # fmt: skip
+    b.add_argument("--repeats", type=int, default=50, help="timed runs per entry (median)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed runs per entry")
+    b.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
+    b.add_argument("--calibrate", type=int, default=5, help="random whole networks timed for the table's scale")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring (part of the key)")
+    b.set_defaults(func=cmd_latency_build)
+
+
+def cmd_latency_build(args) -> int:
+    from .spaces import build_space
+
+    try:
+        space_args = json.loads(args.space_args)
+        fractions = [float(f) for f in args.widths.split(",")]
+    except ValueError as err:
+        raise ValueError(f"bad --space-args or --widths: {err}") from err
+    if not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"--widths are fractions in (0, 1], got {fractions}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be positive, got {args.repeats}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    space = build_space("mbconv", **space_args)
+    table = build_table(
+        space, args.device, fractions, args.repeats, args.warmup, args.batch_size, args.calibrate, log=print
+    )
+    table.save(args.out)
+    print(f"{len(table.entries)} entries for {table.device} (batch {table.batch_size}) written to {args.out}")
+    return 0

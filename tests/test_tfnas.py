@@ -1,0 +1,332 @@
+"""TF-NAS: MBConv candidates, mbconv space, bi-sampling, sink depth, elastic width, latency tables, search."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import chisquare
+
+from dnas_fast.arch import ArchWeights
+from dnas_fast.latency import (
+    LatencyTable,
+    SupernetLatency,
+    base_key,
+    block_key,
+    build_table,
+    measure_derived,
+    measure_ms,
+)
+from dnas_fast.ops import build_op
+from dnas_fast.ops.mbconv import MBCONV_OPS, build_mbconv, parse_mbconv_name
+from dnas_fast.spaces import build_space
+from dnas_fast.spaces.mbconv import MBConvNet
+from dnas_fast.strategies import StepContext, build_strategy
+from tests.utils import assert_close
+
+TINY = dict(stages=[[8, 2, 1, "relu"], [16, 2, 2, "swish"]], stem=[8, 8], stem_stride=1, head=16, resolution=8,
+            in_channels=1, num_classes=10)  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """CPU timings on a shared 2-core machine are far steadier on one thread (the table key records it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_space(**kw):
+    torch.manual_seed(0)
+    return build_space("mbconv", **{**TINY, **kw})
+
+
+def uniform_arch(space, dtype=torch.float32):
+    return {
+        g: ArchWeights(torch.softmax(torch.zeros(s.num_edges, len(s.op_names), dtype=dtype), -1))
+        for g, s in space.arch_spec().items()
+    }
+
+
+def synthetic_table(space, per_channel=0.01, scale=1.0):
+    """A table where a block costs ``0.1 + per_channel * width`` ms (+0.05 with SE); base 0.2 ms."""
+    entries = {}
+    for shape, edge in zip(space.flat_shapes(), space.block_edges()):
+        for name, op in zip(edge.op_names, edge._ops):
+            se = 0.05 if parse_mbconv_name(name)["se"] else 0.0
+            widths = [op.max_mid // 2, op.max_mid]
+            entries[block_key(name, shape)] = {"widths": widths, "ms": [0.1 + se + per_channel * w for w in widths]}
+    return LatencyTable("test-device", 1, entries, {base_key(space.config): 0.2}, {"scale": scale})
+
+
+# ---- candidate ops ---------------------------------------------------------------------------------------
+def plain_mbconv(op, x, idx):
+    """Functional MBConv over the expanded channels ``idx`` only (the authors' sliced block)."""
+    act = F.relu if op.act_name == "relu" else F.silu
+    bn = lambda h: F.batch_norm(h, None, None, training=True)  # affine-free, batch statistics (search BN)
+    h = act(bn(F.conv2d(x, op.expand[0].weight[idx])))
+    dw = op.depthwise[0]
+    h = act(bn(F.conv2d(h, dw.weight[idx], stride=op.stride, padding=op.kernel_size // 2, groups=len(idx))))
+    if op.se_channels:
+        s = F.adaptive_avg_pool2d(h, 1)
+        s = act(F.conv2d(s, op.se_reduce.weight[:, idx], op.se_reduce.bias))
+        h = h * torch.sigmoid(F.conv2d(s, op.se_expand.weight[idx], op.se_expand.bias[idx]))
+    out = bn(F.conv2d(h, op.project[0].weight[:, idx]))
+    return out + x if op.has_residual else out
+
+
+@pytest.mark.parametrize("name", MBCONV_OPS + [n + "_swish" for n in MBCONV_OPS[:2]])
+@pytest.mark.parametrize("C_in,C_out,stride", [(4, 4, 1), (4, 6, 2)], ids=["res", "s2"])
+def test_candidate_matches_plain_implementation_with_any_channel_mask(name, C_in, C_out, stride):
+    torch.manual_seed(0)
+    op = build_op(name, C_in, C_out, stride, False).double()
+    p = parse_mbconv_name(name)
+    assert op.max_mid == round(p["expansion"] * C_in * 4 / 3) and op.mid == p["expansion"] * C_in
+    x = torch.randn(3, C_in, 7, 7, dtype=torch.double, requires_grad=True)
+    for mask in (op.channel_mask.clone(), torch.rand(op.max_mid) < 0.6):
+        op.set_channel_mask(mask)
+        idx = mask.nonzero().flatten()
+        out = op(x)
+        ref = plain_mbconv(op, x, idx)
+        assert out.shape == (3, C_out, 4 if stride == 2 else 7, 4 if stride == 2 else 7)
+        assert_close("out", out, ref, atol=1e-10)
+        g = torch.randn_like(out)
+        params = [op.expand[0].weight, op.depthwise[0].weight, op.project[0].weight]
+        grads = torch.autograd.grad(out, [x, *params], g)
+        ref_grads = torch.autograd.grad(ref, [x, *params], g)
+        for n, a, b in zip(["x", "expand", "depthwise", "project"], grads, ref_grads):
+            assert_close(f"grad {n}", a, b, atol=1e-9)
+        # inactive channels get exactly zero gradient, so their weights stay put under plain SGD
+        assert grads[2][~mask].abs().max() == 0
+
+
+def test_mbconv_gradcheck_float64():
+    torch.manual_seed(0)
+    op = build_mbconv("mbconv_k3_e3_se", 2, 2, 1, False).double()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(op, (x,))
+
+
+def test_bad_mbconv_names_and_masks_raise():
+    with pytest.raises(ValueError, match="not an MBConv"):
+        parse_mbconv_name("sep_conv_3x3")
+    op = build_mbconv("mbconv_k3_e3", 4, 4, 1, False)
+    with pytest.raises(ValueError, match="channel mask"):
+        op.set_channel_mask(torch.zeros(op.max_mid, dtype=torch.bool))
+
+
+# ---- space ------------------------------------------------------------------------------------------------
+def test_space_builds_runs_and_derives_at_small_resolution():
+    space = tiny_space()
+    spec = space.arch_spec()
+    assert spec["ops"].num_edges == 4 and len(spec["ops"].op_names) == 8
+    # stage 1 keeps the shape (exit 0 allowed), stage 2 starts with a stride-2 block (exit 0 not allowed)
+    assert spec["depth"].allowed.tolist() == [[True, True, True], [False, True, True]]
+    for side in (8, 9):
+        assert space(torch.randn(2, 1, side, side), uniform_arch(space)).shape == (2, 10)
+    config = space.derive({"ops": torch.eye(8)[[1, 2, 3, 4]], "depth": torch.tensor([[0.0, 0.9, 0.1], [0, 0, 1]])})
+    # block 1 is cut by stage 1's exit 1; ops 3 (k5_e6) and 4 (k3_e3_se) run in the swish stage
+    assert [b["op"] for b in config["blocks"]] == ["mbconv_k3_e6", "mbconv_k5_e6_swish", "mbconv_k3_e3_se_swish"]
+    assert [b["mid"] for b in config["blocks"]] == [48, 48, 48]
+    assert MBConvNet(config)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_default_space_is_the_tfnas_imagenet_network():
+    space = build_space("mbconv")
+    shapes = space.flat_shapes()
+    assert len(shapes) == 18 and shapes[0].H == 112 and shapes[-1].C_out == 320 and shapes[-1].H == 7
+    assert [s.act for s in shapes[:3]] == ["relu", "relu", "swish"]
+
+
+def test_sink_connecting_depth_equals_truncated_chain():
+    space = tiny_space().double().eval()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.double)
+    arch = uniform_arch(space, torch.double)
+    ops = F.one_hot(torch.tensor([0, 5, 2, 7]), 8).double()
+    arch["ops"] = ArchWeights(ops)
+    for d1 in range(3):
+        depth = torch.zeros(2, 3, dtype=torch.double)
+        depth[0, d1], depth[1, 2] = 1.0, 1.0
+        arch["depth"] = ArchWeights(depth)
+        h = space.stem(x)
+        chain = [space.stages[0][0]._ops[0], space.stages[0][1]._ops[5]][:d1]
+        for op in chain + [space.stages[1][0]._ops[2], space.stages[1][1]._ops[7]]:
+            h = op(h)
+        assert_close(f"depth {d1}", space(x, arch), space.head(h), atol=1e-10)
+    # mixed depth weights: the stage output is the weighted sum of exits
+    w = torch.tensor([[0.2, 0.5, 0.3], [0.0, 0.4, 0.6]], dtype=torch.double)
+    arch["depth"] = ArchWeights(w)
+    s0 = space.stem(x)
+    e1 = space.stages[0][0]._ops[0](s0)
+    e2 = space.stages[0][1]._ops[5](e1)
+    t = 0.2 * s0 + 0.5 * e1 + 0.3 * e2
+    f1 = space.stages[1][0]._ops[2](t)
+    expected = space.head(0.4 * f1 + 0.6 * space.stages[1][1]._ops[7](f1))
+    assert_close("mixed depth", space(x, arch), expected, atol=1e-10)
+
+
+# ---- strategy: bi-sampling ---------------------------------------------------------------------------------
+def make_strategy(space, **kw):
+    strategy = build_strategy("tf-nas", **{"latency_target": 0.5, "warmup_epochs": 0, **kw})
+    strategy.setup(space.arch_spec())
+    return strategy
+
+
+def test_bisampling_statistics_distinct_paths_and_uniform_rest():
+    space = tiny_space()
+    strategy = make_strategy(space)
+    probs = torch.tensor([0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    with torch.no_grad():
+        strategy.alphas["ops"].copy_(probs.log().expand(4, 8))
+    torch.manual_seed(0)
+    n = 4000
+    first, second = torch.zeros(8, dtype=torch.long), torch.zeros(8, 8, dtype=torch.long)
+    for _ in range(n):
+        g, r = strategy.sample_paths(bi=True)
+        assert (g != r).all()
+        first += torch.bincount(g[:1], minlength=8)
+        second[g[0], r[0]] += 1
+    assert chisquare(first.numpy(), (probs * n).numpy()).pvalue > 1e-3
+    for k in range(8):  # given the Gumbel op k, the random op is uniform over the other 7
+        rest = torch.cat([second[k, :k], second[k, k + 1 :]])
+        assert chisquare(rest.numpy()).pvalue > 1e-3, (k, rest)
+
+
+def test_weight_step_runs_only_the_two_sampled_ops_per_block():
+    space = tiny_space()
+    strategy = make_strategy(space)
+    strategy.table = synthetic_table(space)
+    calls = {}
+    for e, edge in enumerate(space.block_edges()):
+        for k, op in enumerate(edge._ops):
+            op.register_forward_hook(lambda *a, key=(e, k): calls.__setitem__(key, calls.get(key, 0) + 1))
+    opt = torch.optim.SGD(space.parameters(), 0.1, momentum=0.9)
+    ctx = StepContext(space, space, torch.nn.CrossEntropyLoss(), opt, None, 0.1)
+    torch.manual_seed(1)
+    loss, logits = strategy.weight_step(ctx, (torch.randn(4, 1, 8, 8), torch.randint(10, (4,))))
+    assert logits.shape == (4, 10) and torch.isfinite(loss)
+    for e in range(4):
+        ran = sorted(k for (b, k) in calls if b == e)
+        assert len(ran) == 2 and all(calls[(e, k)] == 1 for k in ran), calls
+    strategy.warmup_epochs, calls = 1, {}  # warm-up: the Gumbel path only
+    strategy.weight_step(ctx, (torch.randn(4, 1, 8, 8), torch.randint(10, (4,))))
+    assert len(calls) == 4
+
+
+# ---- latency model and elastic width -----------------------------------------------------------------------
+def test_expected_latency_is_differentiable_and_matches_derived():
+    space = tiny_space()
+    model = SupernetLatency(synthetic_table(space, scale=1.1), space)
+    lat = model.block_table(space.widths()).double()
+    w = torch.softmax(torch.randn(4, 8, dtype=torch.double), -1).requires_grad_()
+    d = torch.softmax(torch.randn(2, 3, dtype=torch.double), -1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda w, d: model.expected(w, d, lat), (w, d))
+    ops, depths = [3, 1, 6, 0], [1, 2]
+    onehot_d = F.one_hot(torch.tensor(depths), 3).double()
+    got = model.expected(F.one_hot(torch.tensor(ops), 8).double(), onehot_d, lat)
+    by_hand = 1.1 * (0.2 + sum(float(lat[e, ops[e]]) for e in (0, 2, 3)))
+    assert abs(float(got) - by_hand) < 1e-12 and abs(model.derived(ops, depths, space.widths()) - by_hand) < 1e-12
+
+
+@pytest.mark.parametrize("target,direction", [(0.5, -1), (5.0, 1)], ids=["shrink", "expand"])
+def test_elastic_width_keeps_optimizer_state_and_moves_latency_toward_target(target, direction):
+    space = tiny_space()
+    strategy = make_strategy(space, latency_target=target)
+    strategy.table = synthetic_table(space)
+    opt = torch.optim.SGD(space.parameters(), 0.1, momentum=0.9)
+    ctx = StepContext(space, space, torch.nn.CrossEntropyLoss(), opt, None, 0.1)
+    strategy.on_epoch_start(0, 2)
+    strategy.weight_step(ctx, (torch.randn(4, 1, 8, 8), torch.randint(10, (4,))))
+    params = {n: p for n, p in space.named_parameters()}
+    momenta = {n: opt.state[p]["momentum_buffer"].clone() for n, p in params.items() if p in opt.state}
+    ops, depths = strategy.parse()
+    model = strategy.latency_model(space)
+    widths_before = space.widths()
+    before = model.derived(ops, depths, widths_before)
+    strategy.on_epoch_start(1, 2)  # an architecture epoch has finished: fit the widths
+    strategy._prepare(space)
+    after = model.derived(ops, depths, space.widths())
+    assert (after - before) * direction > 0, (before, after, target)
+    assert (space.widths() != widths_before).any()
+    if direction < 0:
+        assert after <= target or (space.widths() == space.max_widths() // 2).any()
+    else:
+        assert after <= target
+    for n, p in space.named_parameters():  # same objects, momentum buffers untouched
+        assert p is params[n]
+        if n in momenta:
+            assert torch.equal(opt.state[p]["momentum_buffer"], momenta[n])
+
+
+# ---- latency table -------------------------------------------------------------------------------------------
+def test_lut_build_roundtrip_and_interpolation_error(tmp_path, one_thread):
+    space = tiny_space(stages=[[16, 1, 1, "relu"], [24, 1, 2, "swish"]], stem=[16, 16], head=32)
+    table = build_table(space, "cpu", fractions=(0.5, 1.0), repeats=40, warmup=5, calibrate=2)
+    assert len(table.entries) == 16 and all(len(e["widths"]) == 2 for e in table.entries.values())
+    assert 0.7 < table.meta["scale"] < 1.5
+    path = tmp_path / "lut.json"
+    table.save(path)
+    LatencyTable("other-device", 32, {}, {}).save(path)  # a second device merges into the same file
+    loaded = LatencyTable.load(path, table.device)
+    assert loaded.entries == table.entries and loaded.base == table.base
+    assert sorted(json.loads(path.read_text())["devices"]) == sorted([table.device, "other-device"])
+    with pytest.raises(ValueError, match="no latency table for device"):
+        LatencyTable.load(path, "cpu:nope")
+    # interpolation between the two measured widths vs a measurement at the midpoint
+    errors = []
+    for shape, edge in zip(space.flat_shapes(), space.block_edges()):
+        for name, op in list(zip(edge.op_names, edge._ops))[::3]:
+            mid = (op.max_mid // 2 + op.max_mid) // 2
+            measured = measure_ms(build_mbconv(name, shape.C_in, shape.C_out, shape.stride, True, mid=mid),
+                                  (1, shape.C_in, shape.H, shape.W), "cpu", 40, 5)  # fmt: skip
+            errors.append(abs(table.latency(block_key(name, shape), mid) / measured - 1))
+    mean_err = sum(errors) / len(errors)
+    print(f"LUT interpolation error vs measured (CPU, 1 thread): mean {mean_err:.3%}, max {max(errors):.3%}")
+    assert mean_err < 0.15
+
+
+def test_latency_cli_build(tmp_path, one_thread):
+    from dnas_fast.cli import main
+
+    out = tmp_path / "t.json"
+    space_args = json.dumps({**TINY, "stages": [[8, 1, 1, "relu"]]})
+    argv = ["latency", "build", "--space-args", space_args, "--out", str(out), "--widths", "0.5,1", "--repeats", "5"]
+    assert main([*argv, "--calibrate", "1"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["format"] == "dnas_fast.latency" and doc["version"] == 1
+    (device,) = doc["devices"]
+    assert len(doc["devices"][device]["entries"]) == 8 and "threads=1" in device
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+E2E_SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 32], "stem_stride": 1, "head": 64,
+             "resolution": 8}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_search_meets_cpu_latency_target(tmp_path, one_thread):
+    from dnas_fast.cli import main
+
+    space = build_space("mbconv", in_channels=1, num_classes=10, **E2E_SPACE)
+    table = build_table(space, "cpu", repeats=30)
+    table.save(tmp_path / "lut.json")
+    model = SupernetLatency(table, space)
+    E = len(space.flat_shapes())
+    lo = model.derived([0] * E, [0, 1], space.max_widths() // 2)
+    hi = model.derived([7] * E, [2, 3], space.max_widths())
+    target = lo + 0.55 * (hi - lo)  # inside the achievable range of this space
+    run = tmp_path / "run"
+    args = {"warmup_epochs": 1, "arch_lr": 0.1, "lambda_lat": 1.0}
+    argv = ["search", "--space", "mbconv", "--strategy", "tf-nas", "--latency-target", f"{target:.4f}",
+            "--latency-table", str(tmp_path / "lut.json"), "--space-args", json.dumps(E2E_SPACE),
+            "--strategy-args", json.dumps(args), "--data", "digits", "--epochs", "6", "--batch-size", "16",
+            "--out", str(run), "--device", "cpu", "--max-steps-per-epoch", "30"]  # fmt: skip
+    assert main(argv) == 0
+    derived = json.loads((run / "genotype.json").read_text())
+    measured = measure_derived(derived["config"], "cpu", repeats=300, warmup=30)
+    print(
+        f"target {target:.4f} ms (range {lo:.4f}-{hi:.4f}), predicted {derived['predicted_latency_ms']:.4f} ms, "
+        f"measured {measured:.4f} ms ({measured / target - 1:+.1%})"
+    )
+    assert abs(measured / target - 1) < 0.10
