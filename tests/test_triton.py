@@ -102,6 +102,34 @@ def test_max_pool_ties_route_to_first_maximum(stride):
     assert_close("dx", expected, pc.pool_combine_backward(x, g, stride, coef6, None), **TOL[torch.float64])
 
 
+class _Combine(torch.autograd.Function):
+    """pool_combine with BN scales as constants: its VJP is pool_combine_backward with (a, b, c) = (s, 0, 0)."""
+
+    @staticmethod
+    def forward(ctx, x, stride, coef, w_skip):
+        ctx.save_for_backward(x, coef, w_skip)
+        ctx.stride = stride
+        return pc.pool_combine(x, stride, coef, w_skip)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, coef, w_skip = ctx.saved_tensors
+        zero = torch.zeros_like(coef[0])
+        coef6 = torch.stack([coef[0], zero, zero, coef[1], zero, zero])
+        return pc.pool_combine_backward(x, g.contiguous(), ctx.stride, coef6, w_skip), None, None, None
+
+
+@pytest.mark.parametrize("stride", [1, 2], ids=["stride1-skip", "stride2"])
+def test_backward_gradcheck(stride):
+    """dx against finite differences of the kernel's own forward (independent of the reference)."""
+    x, _, coef3, _, _ = make_inputs(1, 2, 3, 4, stride, False, torch.float64, seed=3)
+    w_skip = torch.tensor(0.7, dtype=torch.float64) if stride == 1 else None
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: _Combine.apply(t, stride, coef3, w_skip), (x,), eps=1e-6, atol=1e-8, fast_mode=True
+    )
+
+
 def test_nan_propagates_like_pytorch():
     x, g, coef3, coef6, w_skip = make_inputs(1, 2, 6, 5, 1, True, torch.float64)
     x[0, 1, 2, 3] = float("nan")
