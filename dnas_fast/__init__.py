@@ -1,6 +1,7 @@
 """dnas_fast: a lean engine for differentiable neural architecture search."""
 
 from .arch import ArchWeights, EdgeGroup
+from .data import SearchData, build_search_data, known_datasets
 from .genotype import Genotype
 from .mixed_edge import MixedEdge
 from .ops import build_op, known_ops, register_op
@@ -16,11 +17,14 @@ __all__ = [
     "Genotype",
     "MixedEdge",
     "NB201Space",
+    "SearchData",
     "SearchSpace",
     "Strategy",
     "build_op",
+    "build_search_data",
     "build_space",
     "build_strategy",
+    "known_datasets",
     "known_ops",
     "known_spaces",
     "known_strategies",

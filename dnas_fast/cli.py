@@ -53,6 +53,7 @@ def add_search_parser(sub):
     p.add_argument("--config", help="JSON or TOML file with SearchConfig fields; flags override it")
     p.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
+    p.add_argument("--stop-after", type=int, help="run at most this many epochs now (resume later)")
     p.add_argument("--latency-target", type=float, help="TF-NAS latency target (ms), passed to the strategy")
     p.add_argument("--latency-table", help="TF-NAS latency lookup table, passed to the strategy")
     p.set_defaults(func=cmd_search)
@@ -89,7 +90,9 @@ def cmd_search(args) -> int:
     out = args.out or f"runs/{config.space}-{config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     rank, world_size = distributed.init(config.device)
     try:
-        derived = run_search(config, out, resume=args.resume, rank=rank, world_size=world_size)
+        derived = run_search(
+            config, out, resume=args.resume, rank=rank, world_size=world_size, stop_after=args.stop_after
+        )
         if rank == 0:
             from .plots import plot_run
 

@@ -244,13 +244,15 @@ class Searcher:
             **self.strategy.epoch_log(),
         }  # fmt: skip
 
-    def run(self, log=print):
-        """Search until ``config.epochs``; after each epoch append to log.jsonl and checkpoint."""
+    def run(self, log=print, stop_after: int | None = None):
+        """Search until ``config.epochs`` (or ``stop_after`` more epochs in this process, for time-boxed
+        jobs); after each epoch append to log.jsonl, then checkpoint. Returns the derived architecture."""
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             spec = {group: g.op_names for group, g in self.space.arch_spec().items()}
             atomic_write_text(self.run_dir / "arch_spec.json", json.dumps(spec) + "\n")
-        while self.epoch < self.config.epochs:
+        last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
+        while self.epoch < last:
             start = time.perf_counter()
             train = self.train_epoch()
             valid = self.evaluate()
@@ -285,7 +287,9 @@ def truncate_log(run_dir: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def run_search(config: SearchConfig, run_dir, resume: bool = False, rank: int = 0, world_size: int = 1, log=print):
+def run_search(
+    config: SearchConfig, run_dir, resume=False, rank=0, world_size=1, log=print, stop_after: int | None = None
+):
     """Run (or resume) a search in ``run_dir``; returns the derived architecture."""
     run_dir = Path(run_dir)
     if resume:
@@ -298,7 +302,7 @@ def run_search(config: SearchConfig, run_dir, resume: bool = False, rank: int = 
         if rank == 0 and (run_dir / "checkpoint.pt").exists():
             raise FileExistsError(f"{run_dir} already holds a search; pass --resume to continue it or pick a new --out")
         searcher = Searcher(config, run_dir, rank, world_size)
-    return searcher.run(log=log)
+    return searcher.run(log=log, stop_after=stop_after)
 
 
 def config_from_checkpoint(path) -> SearchConfig:

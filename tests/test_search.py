@@ -1,0 +1,145 @@
+"""The search loop end to end: resume, CLI, run directory, bad inputs."""
+
+import json
+
+import pytest
+import torch
+
+from dnas_fast.checkpoint import CheckpointError
+from dnas_fast.cli import main
+from dnas_fast.search import SearchConfig, Searcher, run_search
+
+TINY = dict(
+    space="nb201", space_args={"C": 4, "N": 1}, data="digits", data_args={"limit": 256}, epochs=3,
+    batch_size=32, max_steps_per_epoch=3, deterministic=True, backend="reference",
+)  # fmt: skip
+
+
+def final_state(run_dir):
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    return ckpt["model"], ckpt["strategy_state"], ckpt["w_optimizer"]["state"]
+
+
+def assert_states_equal(a, b):
+    for part_a, part_b in zip(a, b):
+        assert part_a.keys() == part_b.keys()
+        for key in part_a:
+            va, vb = part_a[key], part_b[key]
+            if isinstance(va, dict):
+                assert all(torch.equal(va[k], vb[k]) for k in va), key
+            else:
+                assert torch.equal(va, vb), key
+
+
+def test_resume_is_bitwise_identical_to_a_straight_run(tmp_path):
+    config = SearchConfig(**TINY)
+    straight = run_search(config, tmp_path / "straight", log=lambda *_: None)
+    run_search(config, tmp_path / "killed", log=lambda *_: None, stop_after=1)
+    assert json.loads((tmp_path / "killed" / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    resumed = run_search(config, tmp_path / "killed", resume=True, log=lambda *_: None)
+    assert resumed == straight
+    assert_states_equal(final_state(tmp_path / "straight"), final_state(tmp_path / "killed"))
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("straight", "killed")]
+    timing = ("_time", "peak_memory_mb")  # wall-clock fields legitimately differ
+    strip = [[{k: v for k, v in json.loads(line).items() if not k.endswith(timing)} for line in log] for log in logs]
+    assert strip[0] == strip[1]
+
+
+def test_log_lines_of_unsaved_epochs_are_dropped_on_resume(tmp_path):
+    config = SearchConfig(**{**TINY, "epochs": 2})
+    run_search(config, tmp_path, log=lambda *_: None, stop_after=1)
+    log = tmp_path / "log.jsonl"
+    log.write_text(log.read_text() + json.dumps({"epoch": 2, "note": "killed before checkpoint"}) + "\n")
+    run_search(config, tmp_path, resume=True, log=lambda *_: None)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_short_search_on_builtin_data_learns(tmp_path):
+    config = SearchConfig(
+        space="nb201", space_args={"C": 8, "N": 1}, data="digits", epochs=4, batch_size=64, lr=0.05, seed=1
+    )
+    run_search(config, tmp_path, log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["valid_acc"] > 0.5, records[-1]  # chance is 0.1
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+
+
+def test_cli_search_writes_run_directory_and_derive_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["search", "--space", "darts", "--space-args", '{"C": 4, "layers": 3}', "--data-args", '{"limit": 128}',
+            "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    for name in ("log.jsonl", "checkpoint.pt", "genotype.txt", "genotype.json", "curves.png", "alphas_normal.png",
+                 "genotype.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    genotype = (out / "genotype.txt").read_text().strip()
+    assert genotype.startswith("Genotype(normal=[")
+    record = json.loads((out / "log.jsonl").read_text())
+    assert {"train_loss", "valid_acc", "alphas", "genotype", "epoch_time", "peak_memory_mb"} <= record.keys()
+    capsys.readouterr()
+    assert main(["derive", str(out / "checkpoint.pt"), "--out", str(tmp_path / "derived")]) == 0
+    assert capsys.readouterr().out.strip() == genotype
+    assert main(["plot", str(out)]) == 0
+
+
+def test_config_file_and_flag_override(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**TINY, "epochs": 1}))
+    assert main(["search", "--config", str(cfg), "--seed", "3", "--out", str(tmp_path / "r")]) == 0
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["seed"] == 3 and ckpt["config"]["space"] == "nb201"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--space", "resnet"], "unknown search space 'resnet'"),
+        (["--strategy", "enas"], "unknown strategy 'enas'"),
+        (["--data", "mnist"], "mnist"),
+        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--data", "cifar10", "--data-root", "/nonexistent/cifar"], "/nonexistent/cifar"),
+    ],
+    ids=["space", "strategy", "data", "epochs", "data-root"],
+)
+def test_cli_bad_inputs_exit_2_with_message(tmp_path, capsys, args, message):
+    assert main(["search", "--out", str(tmp_path / "r"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_json_args_are_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--space-args", "{C: 4}"])
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_reported(tmp_path, capsys):
+    config = SearchConfig(**{**TINY, "epochs": 1})
+    run_search(config, tmp_path, log=lambda *_: None)
+    ckpt = tmp_path / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_search(config, tmp_path, log=lambda *_: None)
+    assert ckpt.read_bytes() == before
+    ckpt.write_bytes(before[: len(before) // 2])
+    truncated = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_search(config, tmp_path, resume=True)
+    assert ckpt.read_bytes() == truncated
+    assert main(["derive", str(ckpt)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_checkpoint_from_another_space_is_refused(tmp_path, capsys):
+    run_search(SearchConfig(**{**TINY, "epochs": 1}), tmp_path, log=lambda *_: None)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    assert main(["search", "--resume", "--out", str(tmp_path), "--space", "darts"]) == 2
+    assert "differ" in capsys.readouterr().err
+    other = Searcher(SearchConfig(**{**TINY, "space_args": {"C": 8, "N": 1}}), tmp_path)
+    with pytest.raises(CheckpointError, match="space config"):
+        other.load(torch.load(tmp_path / "checkpoint.pt", weights_only=False))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_unknown_config_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key"):
+        SearchConfig.from_dict({"epoch": 3})
