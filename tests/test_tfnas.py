@@ -28,9 +28,10 @@ TINY = dict(stages=[[8, 2, 1, "relu"], [16, 2, 2, "swish"]], stem=[8, 8], stem_s
             in_channels=1, num_classes=10)  # fmt: skip
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
-    """CPU timings on a shared 2-core machine are far steadier on one thread (the table key records it)."""
+    """CPU timings on a shared 2-core machine are far steadier on one thread (the table key records it), and
+    tiny ops run faster without OpenMP hand-offs."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -260,7 +261,7 @@ def test_elastic_width_keeps_optimizer_state_and_moves_latency_toward_target(tar
 
 
 # ---- latency table -------------------------------------------------------------------------------------------
-def test_lut_build_roundtrip_and_interpolation_error(tmp_path, one_thread):
+def test_lut_build_roundtrip_and_interpolation_error(tmp_path):
     space = tiny_space(stages=[[16, 1, 1, "relu"], [24, 1, 2, "swish"]], stem=[16, 16], head=32)
     table = build_table(space, "cpu", fractions=(0.5, 1.0), repeats=40, warmup=5, calibrate=2)
     assert len(table.entries) == 16 and all(len(e["widths"]) == 2 for e in table.entries.values())
@@ -286,7 +287,7 @@ def test_lut_build_roundtrip_and_interpolation_error(tmp_path, one_thread):
     assert mean_err < 0.15
 
 
-def test_latency_cli_build(tmp_path, one_thread):
+def test_latency_cli_build(tmp_path):
     from dnas_fast.cli import main
 
     out = tmp_path / "t.json"
@@ -305,7 +306,7 @@ E2E_SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 3
 
 
 @pytest.mark.slow
-def test_cli_search_meets_cpu_latency_target(tmp_path, one_thread):
+def test_cli_search_meets_cpu_latency_target(tmp_path):
     from dnas_fast.cli import main
 
     space = build_space("mbconv", in_channels=1, num_classes=10, **E2E_SPACE)
