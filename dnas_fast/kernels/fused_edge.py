@@ -33,6 +33,7 @@ Example::
     y = fused_edge_forward(edge, torch.randn(2, 16, 8, 8), torch.softmax(torch.zeros(8), 0))
 """
 
+import importlib
 import os
 import weakref
 from dataclasses import dataclass
@@ -581,7 +582,8 @@ def ext_prims() -> SimpleNamespace:
 
 
 def triton_prims() -> SimpleNamespace:
-    return _prims_of(_triton_module())
+    # the launchers live in triton_kernels.pool_combine (the package's attribute of that name is the submodule)
+    return _prims_of(importlib.import_module("triton_kernels.pool_combine"))
 
 
 for _b in (
