@@ -41,7 +41,10 @@ def load_authors_state(space: DartsSpace, strategy: Strategy, state_dict: dict, 
             f"state_dict does not match this DARTS space (check C, layers, steps): "
             f"unexpected keys {extra[:5]}, missing keys {missing[:5]}"
         )
-    space.load_state_dict(state, strict=False)
+    try:
+        space.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same keys, other shapes: another C or op width
+        raise ValueError(f"state_dict does not match this DARTS space (check C, layers, steps): {err}") from err
     with torch.no_grad():
         for group, alpha in zip(("normal", "reduce"), alphas):
             target = strategy.alphas[group]

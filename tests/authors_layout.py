@@ -1,0 +1,127 @@
+"""A test-only plain rebuild of the authors' DARTS search network (quark0/darts ``model_search``):
+same module tree (hence state_dict keys), same forward, written independently of dnas_fast.
+It is what a user of the authors' code has in memory; interop and drop-in tests compare against it."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRIMITIVES = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+              "dil_conv_3x3", "dil_conv_5x5"]  # fmt: skip
+
+
+class Wrapped(nn.Module):
+    """A module whose only child is ``op`` (the authors' ReLUConvBN / SepConv / DilConv layout)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.op = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+def relu_conv_bn(C_in, C_out):
+    return Wrapped(nn.ReLU(), nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=False))
+
+
+def dw_pw(C, k, stride, pad, dil=1):
+    return [nn.Conv2d(C, C, k, stride, pad, dilation=dil, groups=C, bias=False), nn.Conv2d(C, C, 1, bias=False)]
+
+
+class Reduce(nn.Module):
+    def __init__(self, C_in, C_out):
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=False)
+
+    def forward(self, x):
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], 1))
+
+
+class ZeroOp(nn.Module):
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class IdentityOp(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def candidate(name, C, stride):
+    bn = nn.BatchNorm2d(C, affine=False)
+    if name == "none":
+        return ZeroOp(stride)
+    if name == "max_pool_3x3":
+        return nn.Sequential(nn.MaxPool2d(3, stride, 1), bn)
+    if name == "avg_pool_3x3":
+        return nn.Sequential(nn.AvgPool2d(3, stride, 1, count_include_pad=False), bn)
+    if name == "skip_connect":
+        return IdentityOp() if stride == 1 else Reduce(C, C)
+    k = int(name[-1])
+    if name.startswith("sep"):
+        second = dw_pw(C, k, 1, k // 2)
+        return Wrapped(nn.ReLU(), *dw_pw(C, k, stride, k // 2), nn.BatchNorm2d(C, affine=False), nn.ReLU(),
+                       *second, bn)  # fmt: skip
+    return Wrapped(nn.ReLU(), *dw_pw(C, k, stride, k - 1, 2), bn)
+
+
+class AuthorsMixedOp(nn.Module):
+    def __init__(self, C, stride):
+        super().__init__()
+        self._ops = nn.ModuleList(candidate(p, C, stride) for p in PRIMITIVES)
+
+    def forward(self, x, weights):
+        return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+
+class AuthorsCell(nn.Module):
+    def __init__(self, steps, C_pp, C_p, C, reduction, reduction_prev):
+        super().__init__()
+        self.reduction, self.steps = reduction, steps
+        self.preprocess0 = Reduce(C_pp, C) if reduction_prev else relu_conv_bn(C_pp, C)
+        self.preprocess1 = relu_conv_bn(C_p, C)
+        self._ops = nn.ModuleList(
+            AuthorsMixedOp(C, 2 if reduction and j < 2 else 1) for i in range(steps) for j in range(2 + i)
+        )
+
+    def forward(self, s0, s1, weights):
+        states, offset = [self.preprocess0(s0), self.preprocess1(s1)], 0
+        for _ in range(self.steps):
+            states.append(sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
+            offset += len(states) - 1
+        return torch.cat(states[-4:], 1)
+
+
+class AuthorsNetwork(nn.Module):
+    def __init__(self, C, num_classes, layers, steps=4):
+        super().__init__()
+        C_curr = 3 * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr, reduction_prev = C_curr, C_curr, C, False
+        self.cells = nn.ModuleList()
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_curr *= 2 if reduction else 1
+            self.cells.append(AuthorsCell(steps, C_pp, C_p, C_curr, reduction, reduction_prev))
+            reduction_prev, C_pp, C_p = reduction, C_p, 4 * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+        edges = sum(2 + i for i in range(steps))
+        self.alphas_normal = 1e-3 * torch.randn(edges, len(PRIMITIVES))
+        self.alphas_reduce = 1e-3 * torch.randn(edges, len(PRIMITIVES))
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            alphas = self.alphas_reduce if cell.reduction else self.alphas_normal
+            s0, s1 = s1, cell(s0, s1, F.softmax(alphas, dim=-1))
+        return self.classifier(self.global_pooling(s1).flatten(1))
