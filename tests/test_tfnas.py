@@ -215,6 +215,33 @@ def test_weight_step_runs_only_the_two_sampled_ops_per_block():
     assert len(calls) == 4
 
 
+def test_strategy_state_roundtrip_keeps_table_and_schedule(tmp_path):
+    space = tiny_space()
+    strategy = make_strategy(space, warmup_epochs=2)
+    strategy.table = synthetic_table(space)
+    strategy.on_epoch_start(5, 10)
+    assert abs(float(strategy.tau) - 5.0 * 0.96**3) < 1e-12
+    torch.save(strategy.state_dict(), tmp_path / "s.pt")
+    fresh = make_strategy(space, warmup_epochs=2)
+    fresh.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=False))
+    assert fresh.table.entries == strategy.table.entries and float(fresh.tau) == float(strategy.tau)
+    assert fresh.table.meta["scale"] == 1.0
+
+
+def test_strategy_bad_inputs_raise():
+    with pytest.raises(ValueError, match="latency_target"):
+        build_strategy("tf-nas")
+    strategy = build_strategy("tf-nas", latency_target=1.0)
+    with pytest.raises(ValueError, match="mbconv space"):
+        strategy.setup(build_space("nb201", C=4, N=1).arch_spec())
+    space = tiny_space()
+    strategy.setup(space.arch_spec())
+    strategy.table = synthetic_table(space)
+    ctx = StepContext(space, space, torch.nn.CrossEntropyLoss(), torch.optim.SGD(space.parameters(), 0.1), None, 0.1)
+    with pytest.raises(ValueError, match="resolution"):
+        strategy.weight_step(ctx, (torch.randn(2, 1, 16, 16), torch.randint(10, (2,))))
+
+
 # ---- latency model and elastic width -----------------------------------------------------------------------
 def test_expected_latency_is_differentiable_and_matches_derived():
     space = tiny_space()
