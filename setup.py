@@ -30,7 +30,7 @@ def extensions():
         and shutil.which("nvcc") is not None
         and not os.environ.get("DNAS_FAST_NO_CUDA")
     )
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # torch picks the C++ standard its headers need
     kwargs = dict(name="dnas_fast._C", include_dirs=[os.path.abspath("csrc")], extra_link_args=["-fopenmp"])
     if with_cuda:
         ext = cpp_extension.CUDAExtension(

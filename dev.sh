@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# dnas_fast developer entry point; every command sets up its own virtual environment first.
+#   ./dev.sh search [extra dnas-fast search flags]   a real DARTS search on the built-in digits data
+#   ./dev.sh test [pytest args]                      the full test suite
+#   ./dev.sh setup                                   only create/refresh the environment
+# DNAS_FAST_VENV picks the venv folder (default .venv); DNAS_FAST_TORCH the torch requirement
+# (default torch==2.13.0, a CPU build; use e.g. "torch" for a CUDA build on a GPU machine).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+VENV="${DNAS_FAST_VENV:-.venv}"
+
+setup() {
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  # shellcheck disable=SC1091
+  . "$VENV/bin/activate"
+  python -c "import torch" 2>/dev/null || pip install -q "${DNAS_FAST_TORCH:-torch==2.13.0}"
+  # Rebuild the package (and its C++ extension) only when its build inputs changed.
+  stamp="$VENV/.dnas_fast-build"
+  want="$(cat setup.py pyproject.toml csrc/*.* csrc/*/* 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python -c "import dnas_fast" 2>/dev/null; then
+    pip install -q setuptools wheel ninja pybind11
+    pip install -q --no-build-isolation -e ".[test,triton]"
+    echo "$want" >"$stamp"
+  fi
+}
+
+cmd="${1:-test}"
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  test) setup && python -m pytest "$@" ;;
+  search)
+    setup
+    python -m dnas_fast search --space darts --strategy darts --data digits \
+      --space-args '{"C": 8, "layers": 5}' --epochs 6 --batch-size 64 --seed 0 \
+      --out "runs/digits-darts-$(date +%Y%m%d-%H%M%S)" "$@"
+    ;;
+  *) echo "usage: ./dev.sh {search|test|setup} [args]" >&2; exit 2 ;;
+esac
