@@ -4,6 +4,7 @@ Providers, side by side on the same inputs:
     triton     pool_stats + pool_combine (fwd), pool_grad_stats + pool_combine_backward (bwd)
     reference  the same four primitives from ``dnas_fast.kernels.pool_combine_ref`` (F.max_pool2d / avg_pool2d)
     naive      the unfused edge w0 * BN(maxpool(x)) + w1 * BN(avgpool(x)) (+ w2 * x) with autograd
+    compiled   the naive edge under torch.compile (not in the default set: it compiles once per shape)
 Modes: fwd, bwd (dx given dL/dout), full (both). Every row: median / p20 / p80 from ``triton.testing.do_bench``,
 peak memory of one call, and achieved bandwidth = the fused algorithm's minimal HBM bytes / time, as a fraction
 of the DRAM roofline (``triton.testing.get_dram_gbps`` unless ``--peak-gbps``). The same byte count is used for
@@ -38,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--modes", nargs="+", default=["fwd", "bwd", "full"], choices=["fwd", "bwd", "full"])
     p.add_argument("--providers", nargs="+", default=["triton", "reference", "naive"],
-                   choices=["triton", "reference", "naive"])  # fmt: skip
+                   choices=["triton", "reference", "naive", "compiled"])  # fmt: skip
     p.add_argument("--peak-gbps", type=float, default=None, help="HBM roofline in GB/s (default: from the driver)")
     p.add_argument("--rep", type=int, default=100, help="do_bench measuring time in ms")
     p.add_argument("--no-check", action="store_true", help="skip the triton-vs-reference check before timing")
@@ -79,17 +80,18 @@ def fused_fns(prims, x, g, stride, coef3, coef6, w_skip):
     return {"fwd": fwd, "bwd": bwd, "full": lambda: (fwd(), bwd())}, None
 
 
-def naive_fns(x, g, stride, w):
+def naive_fns(x, g, stride, w, compiled=False):
     """{mode: fn} of the unfused edge (the quark0/darts MixedOp restricted to these ops) under autograd."""
     xr = x.detach().requires_grad_()
 
-    def fwd():
+    def edge():
         bn = lambda t: F.batch_norm(t, None, None, training=True)  # affine-free, batch statistics
         mp = F.max_pool2d(xr, 3, stride, 1)
         ap = F.avg_pool2d(xr, 3, stride, 1, count_include_pad=False)
         out = w[0] * bn(mp) + w[1] * bn(ap)
         return out + w[2] * xr if stride == 1 else out
 
+    fwd = torch.compile(edge) if compiled else edge
     out = fwd()
     fns = {"fwd": fwd, "bwd": lambda: out.backward(g, retain_graph=True), "full": lambda: fwd().backward(g)}
     return fns, [xr]
@@ -170,8 +172,8 @@ def main(argv=None) -> int:
         if not args.no_check:
             check(triton_prims, ref_prims, x, g, stride, coef3, coef6, w_skip)
         for provider in args.providers:
-            if provider == "naive":
-                fns, grads = naive_fns(x, g, stride, w)
+            if provider in ("naive", "compiled"):
+                fns, grads = naive_fns(x, g, stride, w, compiled=provider == "compiled")
             else:
                 prims = {"triton": triton_prims, "reference": ref_prims}[provider]
                 fns, grads = fused_fns(prims, x, g, stride, coef3, coef6, w_skip)
