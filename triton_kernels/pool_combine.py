@@ -4,11 +4,14 @@ Equivalent to ``dnas_fast.kernels.pool_combine_ref`` (same signatures and semant
 math). 3x3 max pool (pad -inf) and avg pool (``count_include_pad=False``), padding 1, stride 1 or 2. Every kernel
 recomputes the pools from ``x`` through 9 masked loads per window; no per-op output is ever written to memory.
 
-Layout: one program per (n, c) plane and 2-D tile of ``BLOCK_H x BLOCK_W`` pixels (output pixels in the forward
-and statistics kernels, input pixels in the backward). Arithmetic runs in fp32 (fp64 for fp64 inputs).
+Layout: a program owns a ``[PLANES, BLOCK_P]`` block, PLANES consecutive (n, c) planes x BLOCK_P consecutive
+pixels of each (output pixels in the forward and statistics kernels, input pixels in the backward), one pixel per
+thread. Large planes span several programs; small ones (8x8, 4x4) are packed several to a program. Inputs are
+read through their strides (channels_last needs no copy); outputs are contiguous. Arithmetic runs in fp32
+(fp64 for fp64 inputs); outputs are stored in x's dtype.
 
 Per-channel statistics use a deterministic two-stage reduction: each program writes its tile's ``tl.sum`` to a
-partial buffer ``[k, C, N * tiles]`` that the host sums over its last axis (no float atomics, so the result does
+partial buffer ``[k, C, N * tiles]`` that torch sums over its last axis (no float atomics, so the result does
 not depend on the scheduling order).
 
 The backward is a gather: each input pixel visits the (up to 9) output windows that contain it, recomputes their
