@@ -7,7 +7,8 @@ Providers (one MixedEdge over the 8 MBConv candidates, elastic widths at their i
 Modes: ``forward`` (no grad) and ``full`` (forward + backward). Memory: peak CUDA allocation on a GPU; on a
 CPU the bytes autograd saves for backward (the activation memory), counted with saved-tensor hooks.
 
-Usage: ``python bench/bench_mbconv.py [--device cpu] [--repeats 20] [--out bench/results/mbconv-cpu-DATE.csv]``
+Usage: ``python bench/bench_mbconv.py [--device cpu] [--threads 1] [--repeats 20] [--out CSV]``
+(default CSV: bench/results/mbconv-<device type>-<date>.csv)
 """
 
 import argparse
@@ -111,7 +112,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a busy box)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out or f"bench/results/mbconv-{device.type}-{date}.csv")
