@@ -14,7 +14,6 @@ Usage: ``python bench/bench_mbconv.py [--device cpu] [--threads 1] [--repeats 20
 import argparse
 import csv
 import datetime
-import platform
 import statistics
 import subprocess
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from dnas_fast.latency import device_name
 from dnas_fast.mixed_edge import MixedEdge
 from dnas_fast.ops.mbconv import MBCONV_OPS
 
@@ -37,12 +37,6 @@ def git_sha() -> str:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def provider_step(name, edge, x, K, mode):
@@ -119,7 +113,7 @@ def main(argv=None):
     device = torch.device(args.device)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = Path(args.out or f"bench/results/mbconv-{device.type}-{date}.csv")
-    meta = dict(device=device_label(device), torch=torch.__version__, git_sha=git_sha(), date=date)
+    meta = dict(device=device_name(device), torch=torch.__version__, git_sha=git_sha(), date=date)
     rows = []
     for N, C_in, C_out, H, stride in SHAPES:
         torch.manual_seed(0)

@@ -19,6 +19,7 @@ File format (``version`` 1)::
 """
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,17 @@ from torch import nn
 
 FORMAT, VERSION = "dnas_fast.latency", 1
 DEFAULT_WIDTHS = (0.5, 0.625, 0.75, 0.875, 1.0)  # fractions of the allocated width; elastic range is [1/2, 1]
+
+
+def keep_rng(fn):
+    """Run ``fn`` without touching the global RNG: building modules to time them must not change a search."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # ---- measurement ---------------------------------------------------------------------------------------
@@ -74,6 +86,7 @@ def measure_ms(module: nn.Module, input_shape, device="cpu", repeats=50, warmup=
     return 1e3 * statistics.median(times)
 
 
+@keep_rng
 def measure_derived(config: dict, device="cpu", repeats=200, warmup=20, batch_size=None) -> float:
     """Real median latency (ms) of the derived network ``config`` (``MBConvSpace.derive``) on ``device``."""
     from .spaces.mbconv import MBConvNet
@@ -83,6 +96,7 @@ def measure_derived(config: dict, device="cpu", repeats=200, warmup=20, batch_si
     return measure_ms(MBConvNet(config), (batch, config["in_channels"], res, res), device, repeats, warmup)
 
 
+@keep_rng
 def count_flops(model: nn.Module, input_shape) -> dict:
     """Multiply-accumulates (convs and linears) in millions per image, and parameters in millions."""
     macs = []
@@ -146,13 +160,13 @@ class LatencyTable:
     def latency(self, key: str, width: float) -> float:
         """ms of op ``key`` at expanded ``width``: linear interpolation between measured widths (clamped)."""
         if key not in self.entries:
-            raise KeyError(f"latency table for {self.device!r} has no entry {key!r}; rebuild it for this space")
+            raise ValueError(f"latency table for {self.device!r} has no entry {key!r}; rebuild it for this space")
         e = self.entries[key]
         return float(np.interp(width, e["widths"], e["ms"]))
 
     def base_latency(self, key: str) -> float:
         if key not in self.base:
-            raise KeyError(f"latency table for {self.device!r} has no stem/head entry {key!r}; rebuild it")
+            raise ValueError(f"latency table for {self.device!r} has no stem/head entry {key!r}; rebuild it")
         return self.base[key]
 
     def to_dict(self) -> dict:
@@ -216,6 +230,7 @@ def width_grid(max_mid: int, fractions) -> list[int]:
     return sorted({max(1, round(f * max_mid)) for f in fractions})
 
 
+@keep_rng
 def build_table(
     space, device="cpu", fractions=DEFAULT_WIDTHS, repeats=50, warmup=10, batch_size=None, calibrate=5, log=None
 ):

@@ -327,6 +327,36 @@ def test_latency_cli_build(tmp_path):
     assert len(doc["devices"][device]["entries"]) == 8 and "threads=1" in device
 
 
+def test_search_resume_is_bitwise_exact(tmp_path):
+    """N epochs straight == k epochs, stop, resume (alphas, widths, weights, temperature)."""
+    from dnas_fast.search import SearchConfig, Searcher, run_search
+
+    space_args = {**TINY, "stages": [[8, 1, 1, "relu"], [16, 1, 2, "swish"]]}
+    del space_args["in_channels"], space_args["num_classes"]
+    table = synthetic_table(build_space("mbconv", in_channels=1, num_classes=10, **space_args))
+    table.save(tmp_path / "lut.json")
+    strategy_args = {"latency_target": 0.5, "latency_table": str(tmp_path / "lut.json"), "warmup_epochs": 1,
+                     "latency_device": "test-device"}  # fmt: skip
+    config = dict(space="mbconv", strategy="tf-nas", space_args=space_args, strategy_args=strategy_args,
+                  data="digits", epochs=3, batch_size=16, max_steps_per_epoch=4, device="cpu",
+                  deterministic=True)  # fmt: skip
+    run_search(SearchConfig.from_dict(config), tmp_path / "straight", log=lambda *a: None)
+    stopped = Searcher(SearchConfig.from_dict(config), tmp_path / "resumed")
+    stopped.run_dir.mkdir()
+    for _ in range(2):  # two epochs, then the process "dies" after its checkpoint
+        stopped.train_epoch()
+        stopped.evaluate()
+        stopped.epoch += 1
+        stopped.save()
+    run_search(SearchConfig.from_dict(config), tmp_path / "resumed", resume=True, log=lambda *a: None)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    for key in ("model", "strategy_state"):
+        for name, value in a[key].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+
+
 # ---- end to end --------------------------------------------------------------------------------------------
 E2E_SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 32], "stem_stride": 1, "head": 64,
              "resolution": 8}  # fmt: skip

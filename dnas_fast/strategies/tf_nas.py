@@ -299,5 +299,6 @@ class TFNAS(Strategy):
         predicted = latency.derived(ops, depths, widths)
         config = space.derived_config(ops, depths, widths)
         res = space.config["resolution"]
-        cost = count_flops(MBConvNet(config), (1, config["in_channels"], res, res))
+        with torch.random.fork_rng(devices=[]):  # deriving (every epoch's log) must not move the search's RNG
+            cost = count_flops(MBConvNet(config), (1, config["in_channels"], res, res))
         return TFNASArch(config, predicted, self.latency_target, latency.table.device, **cost)
