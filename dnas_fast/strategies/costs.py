@@ -59,8 +59,9 @@ def locate_edges(space, x: torch.Tensor) -> list[EdgeSite]:
     return sites
 
 
-def op_cost(op: nn.Module, input_shape: tuple) -> dict[str, float]:
-    """params / flops / mac of ``op`` on one example of shape ``input_shape`` (Tensor[1, C, H, W])."""
+def op_cost(op: nn.Module, input_shape: tuple, like: torch.Tensor) -> dict[str, float]:
+    """params / flops / mac of ``op`` on one example of shape ``input_shape`` (Tensor[1, C, H, W]) with the
+    dtype and device of ``like``."""
     costs = {"params": float(sum(p.numel() for p in op.parameters())), "flops": 0.0, "mac": 0.0}
 
     def conv_hook(m, inputs, out):
@@ -83,8 +84,7 @@ def op_cost(op: nn.Module, input_shape: tuple) -> dict[str, float]:
     op.eval()
     try:
         with torch.no_grad():
-            p = next(op.parameters(), None)
-            op(torch.zeros((1, *input_shape[1:]), device=None if p is None else p.device))
+            op(like.new_zeros((1, *input_shape[1:])))
     finally:
         op.train(was_training)
         for h in hooks:
@@ -99,7 +99,7 @@ def cost_tables(space, x: torch.Tensor, resources=RESOURCES) -> dict[str, torch.
     for site in locate_edges(space, x):
         pc = site.edge.partial_channels
         shape = (1, site.input_shape[1] // pc, *site.input_shape[2:])
-        row = [[op_cost(op, shape)[r] for r in resources] for op in site.edge._ops]
+        row = [[op_cost(op, shape, x)[r] for r in resources] for op in site.edge._ops]
         per_group.setdefault(site.group, []).append((site.index, row))
     tables = {}
     for group, rows in per_group.items():

@@ -1,0 +1,443 @@
+"""Each strategy's mechanism (SNAS, DARTS-, ASAP, PR-DARTS, PC-DARTS) and a resumable CLI search for every one."""
+
+import json
+import math
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dnas_fast import ArchWeights, build_space, build_strategy
+from dnas_fast.cli import main
+from dnas_fast.genotype import darts_genotype, parse_nb201_arch_string
+from dnas_fast.mixed_edge import MixedEdge, channel_shuffle
+from dnas_fast.search import SearchConfig, run_search
+from dnas_fast.strategies import StepContext
+from dnas_fast.strategies.schedules import aux_skip_beta
+from tests.utils import assert_close
+
+
+def tiny(name, space="nb201", space_args=None, dtype=torch.float32, seed=0, **hparams):
+    """A strategy on a tiny reference-backend space, with a StepContext as the search loop builds it."""
+    torch.manual_seed(seed)
+    strategy = build_strategy(name, **hparams)
+    args = dict(C=4, N=1) if space == "nb201" else dict(C=4, layers=3)
+    cfg = strategy.adapt_space_config({**args, **(space_args or {}), "in_channels": 1, "backend": "reference"})
+    model = build_space(space, **cfg).to(dtype)
+    strategy.setup(model.arch_spec())
+    strategy.to(dtype)
+    w_opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
+    ctx = StepContext(model, model, nn.CrossEntropyLoss(), w_opt, strategy.make_arch_optimizer(), lr=0.05)
+    return strategy, model, ctx
+
+
+def batch(n=8, hw=8, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, hw, hw, generator=g).to(dtype), torch.randint(0, 10, (n,), generator=g)
+
+
+def loop_step(strategy, ctx, train, valid):
+    """What dnas_fast.search does per step."""
+    if strategy.bilevel and not strategy.arch_frozen():
+        strategy.arch_step(ctx, train, valid)
+    return strategy.weight_step(ctx, train)
+
+
+def count_calls(modules):
+    calls = {id(m): 0 for m in modules}
+
+    def hook(m, args):
+        calls[id(m)] += 1
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    return calls, handles
+
+
+# ---- SNAS ------------------------------------------------------------------------------------------
+
+
+def test_snas_samples_follow_gumbel_softmax():
+    strategy, _, _ = tiny("snas", dtype=torch.float64)
+    with torch.no_grad():
+        strategy.alphas["cell"].copy_(torch.linspace(-1, 1, 30, dtype=torch.float64).view(6, 5))
+    strategy.on_epoch_start(3, 10)
+    T, alpha = strategy.temperature(), strategy.alphas["cell"].detach()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ys = torch.stack([strategy.sample("cell") for _ in range(2000)])  # [S, E, K]
+    # log y_i - log y_j = (alpha_i - alpha_j + G_i - G_j) / T with G ~ Gumbel(0, 1): mean and variance known
+    d = (ys[..., :1].log() - ys[..., 1:].log()) * T
+    expected_mean = alpha[:, :1] - alpha[:, 1:]
+    sd = math.pi / math.sqrt(3)  # std of G_i - G_j
+    assert ((d.mean(0) - expected_mean).abs() < 4 * sd / math.sqrt(2000)).all()
+    assert_close("var(G_i - G_j)", d.var(0), torch.full_like(expected_mean, sd**2), atol=0, rtol=0.1)
+    # Gumbel-max: the argmax of a sample is Categorical(softmax(alpha))
+    freq = F.one_hot(ys.argmax(-1), 5).double().mean(0)
+    p = F.softmax(alpha, -1)
+    assert ((freq - p).abs() < 4 * (p * (1 - p) / 2000).sqrt() + 1e-3).all()
+
+
+def test_snas_temperature_schedule():
+    strategy = build_strategy("snas")
+    temps = []
+    for e in range(10):
+        strategy.on_epoch_start(e, 10)
+        temps.append(strategy.temperature())
+    expected = [0.03 + 0.97 * (1 - (e + 1) / 10) for e in range(10)]  # authors' linear annealing, 1 -> 0.03
+    assert temps == pytest.approx(expected) and temps[-1] == pytest.approx(0.03)
+
+
+def analytic_costs(C, S):
+    """params, flops, mac per NB201 op (none, skip, conv1x1, conv3x3, avg_pool) on C channels, S x S."""
+    conv = lambda k: (k * k * C * C, S * S * C * C * k * k, 2 * S * S * C + k * k * C * C)  # noqa: E731
+    return torch.tensor(
+        [(0, 0, 0), (0, 0, 0), conv(1), conv(3), (0, S * S * C * 9, 2 * S * S * C)], dtype=torch.float64
+    )
+
+
+@pytest.mark.parametrize("log_penalty", [False, True], ids=["linear", "log"])
+def test_snas_resource_penalty_is_hand_computed_expectation(log_penalty):
+    strategy, model, ctx = tiny("snas", dtype=torch.float64, log_penalty=log_penalty)
+    x, y = batch(dtype=torch.float64)
+    strategy.on_epoch_start(0, 5)
+    strategy.loss(ctx, x, y, "weights")  # measures the cost tables on the first batch
+    p = strategy.probabilities("cell").detach()
+    cells = [analytic_costs(4, 8), analytic_costs(8, 4), analytic_costs(16, 2)]  # NB201 N=1: three stages
+    assert_close("cost table", strategy.costs["cell"][:, 0], torch.stack(cells), atol=0, rtol=0)
+    per_resource = []
+    for r in range(3):
+        per_cell = []
+        for c in cells:
+            edge = p @ c[:, r]  # [E] expected cost of each edge
+            per_cell.append((edge.clamp_min(1).log() if log_penalty else edge).sum())
+        per_resource.append(sum(per_cell) / len(per_cell))
+    expected = sum(per_resource) / 3
+    assert_close("penalty", strategy.resource_penalty().detach(), torch.tensor(expected), atol=1e-9, rtol=1e-9)
+    arch = strategy.arch_weights("weights")
+    assert_close("extra loss", strategy.extra_loss(arch, "weights").detach(), 1e-2 * expected, atol=1e-12, rtol=1e-9)
+
+
+def test_snas_derived_subnet_reproduces_supernet_for_one_hot_sample():
+    strategy, model, ctx = tiny("snas", space="darts")
+    x, y = batch()
+    strategy.weight_step(ctx, (x, y))  # move weights and BN statistics away from their initial values
+    model.eval()
+    spec = model.arch_spec()
+    choice = {g: torch.randint(0, len(s.op_names), (s.num_edges,)) for g, s in spec.items()}
+    onehot = {g: F.one_hot(c, len(spec[g].op_names)).float() for g, c in choice.items()}
+    arch = {g: ArchWeights(w, mask=w.bool()) for g, w in onehot.items()}
+    child = strategy.derive_subnet(model, choice).eval()
+    with torch.no_grad():
+        assert torch.equal(child(x), model(x, arch))
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n_params(child) < n_params(model)  # unchosen ops dropped
+
+
+def test_snas_zero_weight_ops_are_not_run_and_hard_mode_runs_one_op():
+    strategy, model, _ = tiny("snas")
+    with torch.no_grad():
+        strategy.alphas["cell"][0, 3] = -1e4  # its relaxed weight underflows to exactly 0
+    strategy.on_epoch_start(0, 5)
+    arch = strategy.arch_weights("weights")
+    assert arch["cell"].weights[0, 3].item() == 0 and not arch["cell"].mask[0, 3]
+    edge = model.edges()[0]
+    calls, handles = count_calls(edge._ops)
+    model(batch()[0], arch)
+    assert calls[id(edge._ops[3])] == 0 and calls[id(edge._ops[2])] == 1
+    hard = build_strategy("snas", hard=True)
+    hard.setup(model.arch_spec())
+    a = hard.arch_weights("weights")["cell"]
+    assert (a.mask.sum(-1) == 1).all() and a.straight_through
+    assert_close("hard forward value", a.weights.detach(), a.mask.float(), atol=1e-7, rtol=0)
+    for h in handles:
+        h.remove()
+
+
+def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
+    """SNAS's claim: the derived child, with inherited weights and no retraining, keeps the parent's accuracy."""
+    from dnas_fast.search import Searcher
+
+    config = SearchConfig(
+        space="nb201", space_args={"C": 8, "N": 1}, strategy="snas", strategy_args={"resource_lambda": 0.0},
+        data="digits", epochs=4, batch_size=64, lr=0.05, seed=0, backend="reference",
+    )  # fmt: skip
+    searcher = Searcher(config, tmp_path)
+    searcher.run(log=lambda *_: None)
+    parent = searcher.evaluate()["valid_acc"]  # the supernet with a Gumbel-softmax sample at the final temperature
+    child = searcher.strategy.derive_subnet(searcher.space).eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in searcher.data.valid:
+            correct += (child(x).argmax(1) == y).sum().item()
+            seen += len(y)
+    print(f"SNAS digits: parent valid acc {parent:.3f}, child (inherited weights) {correct / seen:.3f}")
+    assert parent > 0.3 and correct / seen > parent - 0.1
+
+
+# ---- DARTS- ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "schedule,expected",
+    [
+        ("linear", [1.0, 0.75, 0.5, 0.25, 0.0]),
+        ("cosine", [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 0.0]),
+        ("step", [1.0, 0.75, 0.5, 0.25, 0.0]),
+    ],
+)
+def test_darts_minus_beta_schedules(schedule, expected):
+    E = 8
+    assert [aux_skip_beta(schedule, e, E) for e in (0, 2, 4, 6, 8)] == pytest.approx(expected)
+    betas = [aux_skip_beta(schedule, e, E) for e in range(E + 1)]
+    assert all(a >= b for a, b in zip(betas, betas[1:])) and betas[-1] == 0
+    strategy = build_strategy("darts-minus", aux_skip=schedule)
+    strategy.on_epoch_start(E, E)
+    assert strategy.aux_beta() == 0.0
+
+
+@pytest.mark.parametrize("name", ["darts-minus", "pc-darts"])
+def test_aux_skip_changes_output_before_and_not_after(name):
+    hp = {} if name == "darts-minus" else {"aux_skip": "linear"}  # DARTS- composed with PC-DARTS
+    strategy, model, _ = tiny(name, **hp)
+    assert all(e.aux is not None for e in model.edges())
+    if name == "pc-darts":
+        assert all(e.partial_channels == 4 for e in model.edges())
+    x = batch()[0]
+    model.eval()
+
+    def outputs():
+        arch = strategy.arch_weights("eval")
+        plain = {g: ArchWeights(a.weights, a.mask) for g, a in arch.items()}
+        with torch.no_grad():
+            return model(x, arch), model(x, plain)
+
+    strategy.on_epoch_start(0, 10)
+    with_aux, without = outputs()
+    assert (with_aux - without).abs().max() > 1e-3
+    strategy.on_epoch_start(10, 10)  # end of the search: beta = 0
+    with_aux, without = outputs()
+    assert torch.equal(with_aux, without)
+    assert strategy.epoch_log()["aux_beta"] == 0.0
+
+
+def test_hessian_eigenvalue_matches_explicit_hessian():
+    strategy, model, ctx = tiny("darts", dtype=torch.float64, hessian_eigenvalue=True, hessian_iters=100)
+    train = batch(n=4, hw=6, dtype=torch.float64)
+    strategy.arch_step(ctx, train, train)  # remembers the validation batch
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    rng = torch.get_rng_state()
+    power = strategy.epoch_log()["hessian_eigenvalue"]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    alpha = strategy.alphas["cell"]
+    (g,) = torch.autograd.grad(strategy.loss(ctx, *train, "arch")[0], alpha, create_graph=True)
+    g = g.flatten()
+    H = torch.stack([torch.autograd.grad(g[i], alpha, retain_graph=True)[0].flatten() for i in range(g.numel())])
+    eig = torch.linalg.eigvalsh((H + H.T) / 2)
+    dominant = eig[eig.abs().argmax()].item()
+    assert power == pytest.approx(dominant, rel=1e-3)
+
+
+# ---- ASAP ------------------------------------------------------------------------------------------
+
+
+def test_asap_prunes_monotonically_skips_pruned_ops_and_ends_with_one_op_per_edge():
+    strategy, model, ctx = tiny("asap", T0=1.0, beta=0.5, theta=0.9, grace_epochs=1, arch_lr=0.05)
+    train, valid = batch(seed=1), batch(seed=2)
+    pruned_counts = []
+    for epoch in range(12):
+        strategy.on_epoch_start(epoch, 12)
+        for _ in range(2):
+            loop_step(strategy, ctx, train, valid)
+            pruned_counts.append(int(strategy.pruned_cell.sum()))
+        if epoch == 0:
+            assert pruned_counts[-1] == 0  # grace period
+    assert all(a <= b for a, b in zip(pruned_counts, pruned_counts[1:])) and pruned_counts[-1] > 0
+    log = strategy.epoch_log()
+    assert log["converged"] and log["active_ops_per_edge"] == 1.0 and strategy.arch_frozen()
+    active = strategy.cpu_active()["cell"]
+    assert (active.sum(-1) == 1).all()
+    ops = [op for e in model.edges() for op in e._ops]
+    calls, handles = count_calls(ops)
+    strategy.weight_step(ctx, train)
+    for h in handles:
+        h.remove()
+    for e, edge in enumerate(model.edges()):
+        for k, op in enumerate(edge._ops):
+            assert calls[id(op)] == int(active[e % 6, k]), (e, k)
+    genotype = parse_nb201_arch_string(strategy.derive(model))
+    chosen = [strategy.spec["cell"].op_names[k] for k in active.float().argmax(-1).tolist()]
+    assert [op for node in genotype for op, _ in node] == chosen
+
+
+def test_asap_steps_get_faster_after_pruning():
+    strategy, model, ctx = tiny("asap", space_args={"C": 16})
+    x, y = batch(n=32, hw=16)
+    strategy.on_epoch_start(0, 1)
+
+    def step_time():
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            strategy.weight_step(ctx, (x, y))
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    full = step_time()
+    with torch.no_grad():  # prune down to skip_connect everywhere: the cheapest survivor
+        strategy.pruned_cell.fill_(True)
+        strategy.pruned_cell[:, 1] = False
+    strategy.on_epoch_start(1, 2)
+    pruned = step_time()
+    print(f"ASAP step time: all ops {full * 1e3:.1f} ms, pruned to one op {pruned * 1e3:.1f} ms")
+    assert pruned < 0.7 * full
+
+
+# ---- PR-DARTS --------------------------------------------------------------------------------------
+
+
+def test_pr_darts_gate_distribution_and_clamp():
+    strategy, _, _ = tiny("pr-darts", dtype=torch.float64)
+    with torch.no_grad():
+        strategy.alphas["cell"].copy_(torch.linspace(-2, 2, 30, dtype=torch.float64).view(6, 5))
+    strategy.on_epoch_start(5, 10)
+    tau, alpha = strategy.tau(), strategy.alphas["cell"].detach()
+    assert tau == pytest.approx(10 - 9.9 * 5 / 9)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        g = torch.stack([strategy.gates("cell", noise=True) for _ in range(2000)])
+    assert g.min() >= 0 and g.max() <= 1
+    # hard-concrete: P(g = 0) = sigmoid(tau * logit(-gamma / (zeta - gamma)) - alpha), P(g = 1) likewise
+    logit = lambda q: math.log(q / (1 - q))  # noqa: E731
+    p0 = torch.sigmoid(tau * logit(0.1 / 1.2) - alpha)
+    p1 = 1 - torch.sigmoid(tau * logit(1.1 / 1.2) - alpha)
+    for name, emp, p in [("P(g=0)", (g == 0).double().mean(0), p0), ("P(g=1)", (g == 1).double().mean(0), p1)]:
+        assert ((emp - p).abs() < 4 * (p * (1 - p) / 2000).sqrt() + 1e-3).all(), name
+    assert_close("activation probability", strategy.activation_probability("cell").detach(), 1 - p0, atol=1e-12)
+
+
+def test_pr_darts_group_regularisers_are_hand_computed():
+    strategy, _, _ = tiny("pr-darts", dtype=torch.float64)
+    with torch.no_grad():
+        strategy.alphas["cell"].copy_(torch.randn(6, 5, dtype=torch.float64))
+    strategy.on_epoch_start(0, 10)  # tau = 10
+    P = torch.sigmoid(strategy.alphas["cell"].detach() - 10 * math.log(0.1 / 1.1))
+    # NB201 ops: none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3; chain edges 1<-0, 2<-1, 3<-2
+    skip, pool, nonskip = P[:, 1].mean(), P[:, 4].mean(), P[:, [0, 2, 3]].mean()
+    path = P[[0, 2, 5]][:, [2, 3]].mean(-1).prod()
+    hinge = lambda a: max(a.item() - 0.2, 0.0)  # noqa: E731
+    reg = 1.0 * hinge(skip) + 0.5 * (hinge(nonskip) + hinge(pool)) - 0.5 * path.item()
+    arch = strategy.arch_weights("arch")
+    assert strategy.extra_loss(arch, "arch").item() == pytest.approx(0.5 * reg, rel=1e-12)
+    assert strategy.extra_loss(arch, "weights") is None
+
+
+def test_pr_darts_closed_gates_are_not_run():
+    strategy, model, _ = tiny("pr-darts")
+    strategy.on_epoch_start(9, 10)  # tau = 0.1: gates near binary
+    arch = strategy.arch_weights("weights")
+    mask = arch["cell"].mask
+    assert (mask.sum(-1) <= 2).all() and arch["cell"].straight_through
+    assert_close("hard gates", arch["cell"].weights.detach(), mask.float(), atol=1e-6, rtol=0)
+    ops = [op for e in model.edges() for op in e._ops]
+    calls, handles = count_calls(ops)
+    model(batch()[0], arch)
+    for h in handles:
+        h.remove()
+    for e, edge in enumerate(model.edges()):
+        for k, op in enumerate(edge._ops):
+            assert calls[id(op)] == int(mask[e % 6, k])
+
+
+# ---- PC-DARTS --------------------------------------------------------------------------------------
+
+
+def authors_channel_shuffle(x, groups):
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pc_darts_edge_equals_reference_partial_channel_edge(stride):
+    torch.manual_seed(0)
+    names = ["max_pool_3x3", "skip_connect", "sep_conv_3x3", "avg_pool_3x3"]
+    edge = MixedEdge(8, stride, names, pool_bn=True, partial_channels=4, backend="reference").double()
+    x, w = torch.randn(2, 8, 6, 6, dtype=torch.float64), torch.softmax(torch.randn(4, dtype=torch.float64), 0)
+    # yuhuixu1993/PC-DARTS model_search.MixedOp.forward
+    xtemp, xtemp2 = x[:, :2], x[:, 2:]
+    temp1 = sum(wk * op(xtemp) for wk, op in zip(w, edge._ops))
+    rest = xtemp2 if stride == 1 else F.max_pool2d(xtemp2, 2, 2)
+    expected = authors_channel_shuffle(torch.cat([temp1, rest], 1), 4)
+    assert_close("partial-channel edge", edge(x, w), expected, atol=1e-12)
+
+
+def test_channel_shuffle_permutation():
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_pc_darts_edge_normalisation_and_genotype():
+    strategy, model, _ = tiny("pc-darts", space="darts")
+    assert all(e.partial_channels == 4 for e in model.edges())
+    assert build_strategy("pc-darts").adapt_space_config({"imagenet": True})["partial_channels"] == 2
+    with torch.no_grad():
+        strategy.betas["normal"].copy_(torch.randn(14) * 3)
+    edge_w = strategy.edge_weights("normal")
+    nodes = strategy.spec["normal"].node_of_edge
+    for n in set(nodes):
+        idx = [e for e, m in enumerate(nodes) if m == n]
+        assert_close(f"edge softmax node {n}", edge_w[idx], F.softmax(strategy.betas["normal"][idx], 0), atol=1e-7)
+    ops = F.softmax(strategy.alphas["normal"], -1)
+    assert_close("w_jk", strategy.arch_weights("weights")["normal"].weights, ops * edge_w[:, None], atol=1e-7)
+    scores = strategy.scores()
+    names = strategy.spec["normal"].op_names
+    assert strategy.derive(model) == darts_genotype(scores["normal"], scores["reduce"], names)
+
+
+def test_pc_darts_warmup_freezes_alphas():
+    strategy, model, ctx = tiny("pc-darts", warmup_epochs=2)
+    assert strategy.arch_lr == 6e-4
+    train, valid = batch(seed=1), batch(seed=2)
+    start = [p.detach().clone() for p in strategy.arch_parameters()]
+    for epoch in range(3):
+        strategy.on_epoch_start(epoch, 3)
+        loop_step(strategy, ctx, train, valid)
+        same = all(torch.equal(a, b) for a, b in zip(start, strategy.arch_parameters()))
+        assert same == (epoch < 2), epoch
+
+
+# ---- every strategy: CLI search, valid genotype, bitwise resume ------------------------------------
+
+CLI_CASES = {
+    "darts": {}, "snas": {}, "darts-minus": {}, "asap": {"grace_epochs": 0, "theta": 0.99},
+    "pr-darts": {}, "pc-darts": {"warmup_epochs": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(CLI_CASES))
+def test_cli_search_gives_valid_genotype_and_resumes_bitwise(name, tmp_path):
+    common = dict(
+        space="nb201", space_args={"C": 4, "N": 1}, strategy=name, strategy_args=CLI_CASES[name], data="digits",
+        data_args={"limit": 64}, epochs=2, batch_size=16, max_steps_per_epoch=2, deterministic=True,
+        backend="reference",
+    )  # fmt: skip
+    args = ["search", "--space", "nb201", "--space-args", json.dumps(common["space_args"]), "--strategy", name,
+            "--strategy-args", json.dumps(common["strategy_args"]), "--data", "digits", "--data-args",
+            '{"limit": 64}', "--epochs", "2", "--batch-size", "16", "--max-steps-per-epoch", "2",
+            "--deterministic", "--backend", "reference"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    text = (tmp_path / "straight" / "genotype.txt").read_text().strip()
+    ops = [op for node in parse_nb201_arch_string(text) for op, _ in node]
+    assert len(ops) == 6 and set(ops) <= {"none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"}
+    run_search(SearchConfig(**common), tmp_path / "killed", log=lambda *_: None, stop_after=1)
+    assert main(["search", "--resume", "--out", str(tmp_path / "killed")]) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    for part in ("model", "strategy_state"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert (tmp_path / "killed" / "genotype.txt").read_text().strip() == text
