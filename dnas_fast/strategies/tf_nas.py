@@ -113,11 +113,8 @@ class TFNAS(Strategy):
             raise ValueError(f"tf-nas needs a positive latency_target in ms (--latency-target), got {latency_target}")
         if arch_every < 1:
             raise ValueError(f"arch_every must be >= 1, got {arch_every}")
-        self.latency_target, self.latency_table, self.latency_device = (
-            float(latency_target),
-            latency_table,
-            latency_device,
-        )
+        self.latency_target = float(latency_target)
+        self.latency_table, self.latency_device = latency_table, latency_device
         self.lambda_lat, self.tau0, self.tau_decay, self.arch_every = lambda_lat, tau, tau_decay, arch_every
         self.elastic_width, self.lut_repeats, self.arch_grad_clip = elastic_width, lut_repeats, arch_grad_clip
         # schedule state in buffers so a checkpoint resumes bit for bit
@@ -221,8 +218,8 @@ class TFNAS(Strategy):
         """idx (LongTensor[E], CPU): one op per block; only those ops run, with weight 1."""
         K = len(self.spec["ops"].op_names)
         onehot = F.one_hot(idx, K)
-        device = self.alphas["ops"].device
-        ops = ArchWeights(onehot.to(device, torch.float32, non_blocking=True), mask=onehot.bool())
+        alpha = self.alphas["ops"]
+        ops = ArchWeights(onehot.to(alpha.device, alpha.dtype, non_blocking=True), mask=onehot.bool())
         return {"ops": ops, "depth": self.relax("depth", "weights")}
 
     def sample_paths(self, bi: bool) -> list[torch.Tensor]:
