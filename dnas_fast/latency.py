@@ -8,7 +8,8 @@
   ``[E, K]`` and sink depth weights ``[S, D]`` (authors' ``MixedOP``/``MixedStage``), and the latency of a
   derived architecture (authors' ``get_lookup_latency``).
 * ``measure_ms``, ``count_flops``: real latency and multiply-accumulates of a module.
-* ``register_cli``: ``dnas-fast latency build``.
+* ``register_cli``: ``dnas-fast latency build`` (make a table) and ``dnas-fast latency measure`` (time a derived
+  network from a run's ``genotype.json``).
 
 File format (``version`` 1)::
 
@@ -342,7 +343,7 @@ class SupernetLatency:
 
 # ---- CLI -----------------------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
-    """Adds ``dnas-fast latency build``."""
+    """Adds ``dnas-fast latency build`` and ``dnas-fast latency measure``."""
     p = subparsers.add_parser("latency", help="latency lookup tables (TF-NAS)")
     sub = p.add_subparsers(dest="latency_command", required=True)
     b = sub.add_parser("build", help="measure a latency table for the mbconv space on this device")
@@ -357,6 +358,32 @@ def register_cli(subparsers) -> None:
     b.add_argument("--calibrate", type=int, default=5, help="random whole networks timed for the table's scale")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring (part of the key)")
     b.set_defaults(func=cmd_latency_build)
+    m = sub.add_parser("measure", help="measure the real latency of a derived network (a run's genotype.json)")
+    m.add_argument("derived", help="genotype.json of a tf-nas run (or a bare derived config)")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--repeats", type=int, default=200)
+    m.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring")
+    m.set_defaults(func=cmd_latency_measure)
+
+
+def cmd_latency_measure(args) -> int:
+    path = Path(args.derived)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    doc = json.loads(path.read_text())
+    config = doc.get("config", doc)
+    if "blocks" not in config:
+        raise ValueError(f"{path} holds no derived mbconv network (no 'blocks')")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ms = measure_derived(config, args.device, args.repeats, batch_size=args.batch_size)
+    batch = default_batch_size(args.device) if args.batch_size is None else args.batch_size
+    line = f"measured {ms:.4f} ms on {device_name(args.device)} (batch {batch})"
+    if "predicted_latency_ms" in doc:
+        line += f"; predicted {doc['predicted_latency_ms']:.4f} ms, target {doc['latency_target_ms']:.4f} ms"
+    print(line)
+    return 0
 
 
 def cmd_latency_build(args) -> int:

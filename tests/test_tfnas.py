@@ -357,6 +357,24 @@ def test_search_resume_is_bitwise_exact(tmp_path):
                 assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
 
 
+def test_cli_search_measures_its_own_table_and_logs(tmp_path, capsys):
+    from dnas_fast.cli import main
+
+    space_args = json.dumps({k: v for k, v in TINY.items() if k not in ("in_channels", "num_classes")})
+    argv = ["search", "--space", "mbconv", "--strategy", "tf-nas", "--latency-target", "0.5", "--space-args",
+            space_args, "--strategy-args", '{"warmup_epochs": 1, "lut_repeats": 2}', "--data", "digits",
+            "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "run"), "--device", "cpu",
+            "--max-steps-per-epoch", "3"]  # fmt: skip
+    assert main(argv) == 0
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logs[0]["tau"] == 5.0 and "expected_latency_ms" not in logs[0]  # warm-up: no arch step
+    assert logs[1]["expected_latency_ms"] > 0
+    derived = json.loads((tmp_path / "run" / "genotype.json").read_text())
+    assert derived["predicted_latency_ms"] > 0 and derived["config"]["blocks"]
+    assert main(["latency", "measure", str(tmp_path / "run" / "genotype.json"), "--repeats", "5"]) == 0
+    assert "measured" in capsys.readouterr().out
+
+
 # ---- end to end --------------------------------------------------------------------------------------------
 E2E_SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 32], "stem_stride": 1, "head": 64,
              "resolution": 8}  # fmt: skip
