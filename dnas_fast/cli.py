@@ -41,7 +41,7 @@ def _read_config_file(path: str) -> dict:
 SEARCH_FLAGS = {
     "space": str, "space_args": _json_arg, "strategy": str, "strategy_args": _json_arg, "data": str,
     "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": int, "train_portion": float,
-    "lr": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int, "num_workers": int,
+    "lr": float, "weight_decay": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int, "num_workers": int,
 }  # fmt: skip
 
 
