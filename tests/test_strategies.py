@@ -156,16 +156,20 @@ def test_snas_zero_weight_ops_are_not_run_and_hard_mode_runs_one_op():
 
 
 def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
-    """SNAS's claim: the derived child, with inherited weights and no retraining, keeps the parent's accuracy."""
+    """SNAS's claim: the derived child, with inherited weights and no retraining, keeps the parent's accuracy.
+
+    Parent: the supernet under Gumbel-softmax samples at the final temperature (mean of 3 samples); child: the
+    argmax network from ``derive_subnet``. Measured on a 3-epoch search of the built-in digits.
+    """
     from dnas_fast.search import Searcher
 
     config = SearchConfig(
         space="nb201", space_args={"C": 8, "N": 1}, strategy="snas", strategy_args={"resource_lambda": 0.0},
-        data="digits", epochs=4, batch_size=64, lr=0.05, seed=0, backend="reference",
+        data="digits", data_args={"limit": 800}, epochs=3, batch_size=32, lr=0.1, seed=0, backend="reference",
     )  # fmt: skip
     searcher = Searcher(config, tmp_path)
     searcher.run(log=lambda *_: None)
-    parent = searcher.evaluate()["valid_acc"]  # the supernet with a Gumbel-softmax sample at the final temperature
+    parent = sum(searcher.evaluate()["valid_acc"] for _ in range(3)) / 3
     child = searcher.strategy.derive_subnet(searcher.space).eval()
     correct = seen = 0
     with torch.no_grad():
@@ -173,7 +177,7 @@ def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
             correct += (child(x).argmax(1) == y).sum().item()
             seen += len(y)
     print(f"SNAS digits: parent valid acc {parent:.3f}, child (inherited weights) {correct / seen:.3f}")
-    assert parent > 0.3 and correct / seen > parent - 0.1
+    assert abs(correct / seen - parent) < 0.1
 
 
 # ---- DARTS- ----------------------------------------------------------------------------------------
