@@ -112,6 +112,7 @@ class Strategy(nn.Module):
         self.spec: dict[str, EdgeGroup] = {}
         self.epoch, self.num_epochs = 0, 1
         self._last_arch_batch = None  # (ctx, batch) of the latest arch step, for the Hessian diagnostic
+        self._aux_cache = None  # ((beta, dtype, device), Tensor[]) of the DARTS- weight
         self._epoch_start, self._steps, self._last_step_end = 0.0, 0, 0.0
 
     # ---- setup -------------------------------------------------------------------------------------
@@ -148,7 +149,8 @@ class Strategy(nn.Module):
         return F.softmax(self.masked_logits(group, self.alphas[group]), dim=-1)
 
     def static_mask(self, group: str) -> torch.Tensor | None:
-        allowed = self.allowed(group)
+        """The allowed subset as a CPU mask; the space's spec holds it on the host already (no device sync)."""
+        allowed = self.spec[group].allowed
         return None if allowed is None else allowed.cpu()
 
     def relax(self, group: str, phase: str) -> ArchWeights:
@@ -168,9 +170,11 @@ class Strategy(nn.Module):
         arch = self.relax_all(phase)
         if self.aux_skip:
             first = next(iter(arch.values())).weights
-            beta = torch.tensor(self.aux_beta(), dtype=first.dtype, device=first.device)
+            key = (self.aux_beta(), first.dtype, first.device)
+            if self._aux_cache is None or self._aux_cache[0] != key:  # one host->device copy per epoch
+                self._aux_cache = (key, torch.tensor(key[0], dtype=first.dtype, device=first.device))
             for a in arch.values():
-                a.aux = beta
+                a.aux = self._aux_cache[1]
         return arch
 
     def extra_loss(self, arch: dict[str, ArchWeights], phase: str):
