@@ -69,7 +69,8 @@ def run_all(module, x, g, stride, coef3, coef6, w_skip):
 
 
 def _cases():
-    """Awkward sizes (odd, 1x1, larger than one tile) x stride x skip; N, C cycle so every pair shows up."""
+    """Small awkward planes (odd, 1x1) x stride x skip; (N, C) cycles through pairs, some packing N*C planes over
+    two programs (8x8: 8 planes per program)."""
     nc = [(1, 1), (2, 3), (1, 5), (2, 5), (2, 1), (1, 3)]
     combos = [
         (hw, s, skip) for hw in [(5, 7), (8, 8), (9, 9), (1, 1)] for s, skip in [(1, False), (1, True), (2, False)]
@@ -82,8 +83,7 @@ def _cases():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("N, C, H, W, stride, skip", list(_cases()))
 def test_matches_reference(N, C, H, W, stride, skip, dtype):
-    inputs = make_inputs(N, C, H, W, stride, skip, dtype)
-    x, g, coef3, coef6, w_skip = inputs
+    x, g, coef3, coef6, w_skip = make_inputs(N, C, H, W, stride, skip, dtype)
     expected = run_all(ref, x, g, stride, coef3, coef6, w_skip)
     actual = run_all(pc, x, g, stride, coef3, coef6, w_skip)
     for name in expected:
