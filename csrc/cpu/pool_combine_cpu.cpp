@@ -56,7 +56,8 @@ inline T nan_max(T a, T b) {
 // the order) with fewer loads and loops that the compiler vectorizes. With kArgmax it also keeps the plane offset of
 // each window's maximum: the first one in row-major order, as Window's, since the row pass keeps the first maximum
 // of each row and the column pass the first row that holds the window's maximum. One instance per task, reused
-// over its planes; measured 10-30x faster than the reference and 3x faster than a Window per output (2 cores).
+// over its planes. Measured at N=16, C=16, 32x32, stride 1, 2 threads (shared AMD EPYC): pool_combine 0.54 ms, vs
+// 23 ms with a Window per output and 11 ms for the reference.
 template <typename scalar_t, bool kArgmax = false>
 class PlanePools {
  public:
