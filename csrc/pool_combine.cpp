@@ -1,7 +1,7 @@
 // Schemas of the fused parameter-free DARTS edge primitives, declared once; the kernels register per dispatch key
 // in cpu/pool_combine_cpu.cpp and cuda/pool_combine_cuda.cu. Contract and reference:
 // dnas_fast/kernels/pool_combine_ref.py. Fake (shape) implementations for torch.compile / torch.export live in
-// dnas_fast/kernels/_ext.py, which torch imports on demand through set_python_module.
+// dnas_fast/kernels/_ext.py (set_python_module: a missing fake impl makes torch name that module to import).
 #include <torch/library.h>
 
 TORCH_LIBRARY(dnas_fast, m) {

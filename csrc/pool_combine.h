@@ -1,5 +1,6 @@
-// Shared pieces of the pool_combine ops (contract: dnas_fast/kernels/pool_combine_ref.py):
-// input validation for the host wrappers and the 3x3 window math used by both the CPU and the CUDA kernels.
+// Shared pieces of the pool_combine ops (contract: dnas_fast/kernels/pool_combine_ref.py): input validation for the
+// host wrappers, and the 3x3 window math of the CUDA kernels (the CPU kernels compute the same windows separably,
+// cpu/pool_combine_cpu.cpp).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -106,6 +106,23 @@ def test_max_pool_ties_go_to_first_maximum(shape, dtype, stride):
     check_all_ops(x, g, stride, coef3, coef6, w_skip, TOL[dtype])
 
 
+@pytest.mark.parametrize("stride", [1, 2], ids=lambda s: f"stride{s}")
+def test_nan_propagates_like_max_pool2d(stride):
+    # A NaN wins its max-pool windows (and takes their gradient), as in PyTorch's max_pool2d.
+    x, g, coef3, coef6, w_skip = inputs((1, 2, 7, 6), stride, torch.float64, "contiguous")
+    x[0, 1, 3, 2] = float("nan")
+    for name, out, want in [
+        ("pool_combine", _ext.pool_combine(x, stride, coef3, w_skip), ref.pool_combine_ref(x, stride, coef3, w_skip)),
+        (
+            "pool_combine_backward",
+            _ext.pool_combine_backward(x, g, stride, coef6, w_skip),
+            ref.pool_combine_backward_ref(x, g, stride, coef6, w_skip),
+        ),
+    ]:
+        assert bool(out.isnan().any()), name
+        torch.testing.assert_close(out, want, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}")
+
+
 class _Combine(torch.autograd.Function):
     """pool_combine with coef fixed, differentiated by pool_combine_backward (a = s, b = c = 0)."""
 

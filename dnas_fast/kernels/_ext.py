@@ -90,7 +90,7 @@ def _pooled(x: torch.Tensor, stride: int) -> tuple:
 
 
 def _register_fakes() -> None:
-    # csrc/pool_combine.cpp names this module with set_python_module, so torch imports it to find these.
+    # csrc/pool_combine.cpp names this module with set_python_module: torch checks the fakes are registered here.
     @torch.library.register_fake("dnas_fast::pool_stats")
     def _(x, stride):
         return x.new_empty((4, x.shape[1]), dtype=_math_dtype(x.dtype))
@@ -108,5 +108,5 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape)
 
 
-# Loading on import means the fakes are there whenever torch imports this module for them.
+# Importing this module is all a caller needs: it loads the extension and registers the fakes.
 load()
