@@ -63,6 +63,9 @@ def device_name(device: torch.device) -> str:
 
 
 def git_sha() -> str:
+    """Short commit of the package's checkout (env ``DNAS_FAST_GIT_SHA`` for a copy outside git)."""
+    if os.environ.get("DNAS_FAST_GIT_SHA"):
+        return os.environ["DNAS_FAST_GIT_SHA"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).resolve().parent)  # fmt: skip
@@ -78,6 +81,7 @@ def run_meta(device: torch.device) -> dict:
         "torch": torch.__version__,
         "git_sha": git_sha(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # the CPU machine is shared: timings scale with its load
     }
 
 
@@ -150,7 +154,8 @@ def child_peak_rss(task: dict, timeout=900) -> dict:
     out = subprocess.run([sys.executable, "-c", code, json.dumps(task)], capture_output=True, text=True,
                          timeout=timeout, env=env)  # fmt: skip
     if out.returncode != 0:
-        raise RuntimeError(f"child benchmark failed: {out.stderr[-2000:]}")
+        errors = [line for line in out.stderr.splitlines() if "Error" in line] or out.stderr.splitlines()[-1:]
+        raise RuntimeError(f"child benchmark failed: {errors[-1] if errors else out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -341,7 +346,7 @@ def bench_search_step(cfg: dict, providers, rounds=2) -> list[dict]:
             try:
                 res = child_peak_rss({**cfg, "kind": "search", "provider": p, "threads": torch.get_num_threads()})
             except RuntimeError as err:  # e.g. checkpoint + second order: record why, go on
-                rows[p]["note"] = str(err).strip().splitlines()[-1][:200] if str(err).strip() else "failed"
+                rows[p]["note"] = str(err)[:200]
                 continue
             times[p] += res.pop("times_ms")
             peak = max(res["step_rss_mb"], rows[p].get("step_rss_mb", 0.0))
@@ -402,8 +407,8 @@ def max_batch_cuda(cfg: dict, provider: str, hi=4096) -> int:
 
 COLUMNS = ["bench", "provider", "mode", "ops", "mask", "C", "H", "W", "batch", "stride", "dtype", "median_ms",
            "p20_ms", "p80_ms", "reps", "saved_bytes", "saved_bytes_per_sample", "baseline_rss_mb", "peak_rss_mb",
-           "step_rss_mb",
-           "peak_alloc_mb", "max_batch", "first_call_s", "note", "device", "torch", "git_sha", "date"]  # fmt: skip
+           "step_rss_mb", "peak_alloc_mb", "max_batch", "first_call_s", "note", "device", "torch", "git_sha", "date",
+           "load_avg_1m"]  # fmt: skip
 
 
 def write_rows(rows, path: Path) -> None:

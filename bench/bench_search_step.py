@@ -1,0 +1,48 @@
+"""End-to-end: one DARTS search step (arch step on a validation batch + weight step; 8 cells, C = 16, 32 x 32
+inputs) with every edge naive, naive + checkpoint per edge, or fused: time, bytes saved for backward per sample,
+peak memory (CPU: peak RSS of a fresh child process per provider; CUDA: allocator peak and max batch).
+
+    python bench/bench_search_step.py --out bench/results/search.csv [--quick]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dnas_fast.bench_edge import available_backends, bench_search_step, format_table, run_meta, write_rows
+
+CASES = [(16, 1), (64, 1), (16, 2)]  # (batch, DARTS order)
+
+
+def search_rows(device="cpu", quick=False, rounds=2) -> list[dict]:
+    device = torch.device(device)
+    fused = available_backends(device)[:1] if quick else available_backends(device)
+    providers = ["naive", "checkpoint", *fused]
+    rows = []
+    for batch, order in CASES[:1] if quick else CASES:
+        cfg = {"bench": "search", "C": 16, "layers": 8, "H": 32, "batch": batch, "order": order,
+               "device": str(device)}  # fmt: skip
+        rows += bench_search_step(cfg, providers, rounds=1 if quick else rounds)
+        print(format_table(rows[-len(providers) :]), flush=True)
+    meta = run_meta(device)
+    return [{**r, **meta} for r in rows]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = search_rows(args.device, args.quick)
+    if args.out:
+        write_rows(rows, Path(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

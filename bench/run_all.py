@@ -1,0 +1,42 @@
+"""Run the edge and search-step benchmarks and write one CSV (+ JSON) to bench/results/<device>-<date>.csv.
+
+python bench/run_all.py [--device cuda] [--quick]     # CPU: about 15 minutes on 2 cores
+"""
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_edge import edge_rows  # noqa: E402
+from bench_search_step import search_rows  # noqa: E402
+
+from dnas_fast.bench_edge import write_rows  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--skip-edge", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"{torch.device(args.device).type}-{date}.csv")
+    rows = [] if args.skip_edge else edge_rows(args.device, not args.no_compile, args.quick)
+    write_rows(rows, out)  # keep the edge rows even if the search step fails
+    rows += search_rows(args.device, args.quick)
+    write_rows(rows, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
