@@ -36,7 +36,7 @@ def extensions():
         ext = cpp_extension.CUDAExtension(
             sources=sources + cuda_sources,
             define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             **kwargs,
         )
     else:
