@@ -53,6 +53,10 @@ def all_reduce_grads(params) -> None:
         offset += g.numel()
 
 
+def barrier() -> None:
+    dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -157,6 +157,8 @@ class Searcher:
     def save(self) -> None:
         if self.rank == 0:
             atomic_torch_save(self.state(), self.checkpoint_path)
+        if self.world_size > 1:  # no rank may run ahead (and, say, resume) before the checkpoint exists
+            distributed.barrier()
 
     def load(self, ckpt: dict) -> None:
         for key in ("space", "strategy"):
