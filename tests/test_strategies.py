@@ -114,7 +114,7 @@ def test_snas_resource_penalty_is_hand_computed_expectation(log_penalty):
             per_cell.append((edge.clamp_min(1).log() if log_penalty else edge).sum())
         per_resource.append(sum(per_cell) / len(per_cell))
     expected = sum(per_resource) / 3
-    assert_close("penalty", strategy.resource_penalty().detach(), torch.tensor(expected), atol=1e-9, rtol=1e-9)
+    assert_close("penalty", strategy.resource_penalty().detach(), torch.as_tensor(expected), atol=1e-9, rtol=1e-9)
     arch = strategy.arch_weights("weights")
     assert_close("extra loss", strategy.extra_loss(arch, "weights").detach(), 1e-2 * expected, atol=1e-12, rtol=1e-9)
 
