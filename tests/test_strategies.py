@@ -158,10 +158,13 @@ def test_snas_zero_weight_ops_are_not_run_and_hard_mode_runs_one_op():
 def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
     """SNAS's claim: the derived child, with inherited weights and no retraining, keeps the parent's accuracy.
 
-    Parent: the supernet under Gumbel-softmax samples at the final temperature (mean of 3 samples); child: the
-    argmax network from ``derive_subnet``. Measured on a 3-epoch search of the built-in digits.
+    Parent: the supernet under Gumbel-softmax samples at the final temperature (3 samples); child: the argmax
+    network from ``derive_subnet``. A 3-epoch search of the built-in digits. Reported with BN running statistics
+    (eval mode) and with batch statistics (the running statistics of a stochastic supernet average over sampled
+    architectures); the claim is checked on the latter.
     """
     from dnas_fast.search import Searcher
+    from dnas_fast.strategies.diagnostics import preserved_buffers
 
     config = SearchConfig(
         space="nb201", space_args={"C": 8, "N": 1}, strategy="snas", strategy_args={"resource_lambda": 0.0},
@@ -169,15 +172,31 @@ def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
     )  # fmt: skip
     searcher = Searcher(config, tmp_path)
     searcher.run(log=lambda *_: None)
-    parent = sum(searcher.evaluate()["valid_acc"] for _ in range(3)) / 3
-    child = searcher.strategy.derive_subnet(searcher.space).eval()
-    correct = seen = 0
-    with torch.no_grad():
-        for x, y in searcher.data.valid:
-            correct += (child(x).argmax(1) == y).sum().item()
-            seen += len(y)
-    print(f"SNAS digits: parent valid acc {parent:.3f}, child (inherited weights) {correct / seen:.3f}")
-    assert abs(correct / seen - parent) < 0.1
+    space, strategy = searcher.space, searcher.strategy
+    child = strategy.derive_subnet(space)
+
+    def sampled_parent():
+        arch = strategy.arch_weights("eval")  # one Gumbel-softmax sample for the whole validation pass
+        return lambda x: space(x, arch)
+
+    def accuracy(fn):
+        correct = seen = 0
+        with torch.no_grad():
+            for x, y in searcher.data.valid:
+                correct += (fn(x).argmax(1) == y).sum().item()
+                seen += len(y)
+        return correct / seen
+
+    results = {}
+    for batch_stats in (False, True):
+        space.train(batch_stats)
+        child.train(batch_stats)
+        with preserved_buffers(space), preserved_buffers(child):
+            parents = [accuracy(sampled_parent()) for _ in range(3)]
+            results[batch_stats] = (sum(parents) / 3, accuracy(child))
+    print(f"SNAS digits (parent, child) acc: BN running stats {results[False]}, batch stats {results[True]}")
+    parent, child_acc = results[True]
+    assert child_acc >= parent - 0.1
 
 
 # ---- DARTS- ----------------------------------------------------------------------------------------
