@@ -18,24 +18,32 @@ BATCHES = [16, 64]
 MASKS = {"half": "01010101", "one": "00001000"}  # half: max, skip, sep5, dil5; one: sep_conv_3x3
 
 
-def edge_rows(device="cpu", compile_=True, quick=False, budget_s=3.0) -> list[dict]:
+def edge_rows(device="cpu", compile_=True, quick=False, budget_s=2.0, sink=None) -> list[dict]:
+    """All per-edge rows; ``sink(rows)`` (if given) is called after every case so partial results survive."""
     device = torch.device(device)
+    meta = run_meta(device)
     providers = ["naive", "checkpoint", *(["compile"] if compile_ else []), *available_backends(device)]
     rows = []
     for C, H, W in SHAPES[:1] if quick else SHAPES:
         for N in BATCHES[:1] if quick else BATCHES:
             cfg = {"bench": "edge", "ops": "darts", "C": C, "H": H, "W": W, "batch": N, "stride": 1,
                    "dtype": "float32", "device": str(device)}  # fmt: skip
-            rows += bench_edge(cfg, providers, MODES, rss=device.type == "cpu", budget_s=budget_s)
-            print(format_table(rows[-len(providers) * len(MODES) :]), flush=True)
+            new = bench_edge(cfg, providers, MODES, rss=device.type == "cpu", budget_s=budget_s)
+            rows += [{**r, **meta} for r in new]
+            print(format_table(new), flush=True)
+            if sink:
+                sink(rows)
     masked = [p for p in providers if p != "compile"]
     for C, H, W in SHAPES[:1] if quick else SHAPES:
         for name, mask in MASKS.items():
             cfg = {"bench": f"edge-mask-{name}", "ops": "darts", "C": C, "H": H, "W": W, "batch": 16, "stride": 1,
                    "mask": mask, "dtype": "float32", "device": str(device)}  # fmt: skip
-            rows += bench_edge(cfg, masked, ("full",), budget_s=budget_s)
-    meta = run_meta(device)
-    return [{**r, **meta} for r in rows]
+            new = bench_edge(cfg, masked, ("full",), budget_s=budget_s)
+            rows += [{**r, **meta} for r in new]
+            print(format_table(new), flush=True)
+            if sink:
+                sink(rows)
+    return rows
 
 
 def main(argv=None) -> int:

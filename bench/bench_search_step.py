@@ -11,23 +11,30 @@ from pathlib import Path
 
 import torch
 
+from dnas_fast import _backend
 from dnas_fast.bench_edge import available_backends, bench_search_step, format_table, run_meta, write_rows
 
 CASES = [(16, 1), (64, 1), (16, 2)]  # (batch, DARTS order)
 
 
-def search_rows(device="cpu", quick=False, rounds=2) -> list[dict]:
+def search_rows(device="cpu", quick=False, rounds=1, all_backends=False, sink=None) -> list[dict]:
+    """Rows for every case; the fused provider is the backend ``auto`` picks (all of them with ``all_backends``);
+    ``sink(rows)`` (if given) is called after every case so partial results survive."""
     device = torch.device(device)
-    fused = available_backends(device)[:1] if quick else available_backends(device)
+    fused = available_backends(device)
+    fused = fused if all_backends else [max(fused, key=lambda n: _backend._BACKENDS[n].priority)]
     providers = ["naive", "checkpoint", *fused]
+    meta = run_meta(device)
     rows = []
     for batch, order in CASES[:1] if quick else CASES:
         cfg = {"bench": "search", "C": 16, "layers": 8, "H": 32, "batch": batch, "order": order,
                "device": str(device)}  # fmt: skip
-        rows += bench_search_step(cfg, providers, rounds=1 if quick else rounds)
-        print(format_table(rows[-len(providers) :]), flush=True)
-    meta = run_meta(device)
-    return [{**r, **meta} for r in rows]
+        new = bench_search_step(cfg, providers, rounds=rounds)
+        rows += [{**r, **meta} for r in new]
+        print(format_table(new), flush=True)
+        if sink:
+            sink(rows)
+    return rows
 
 
 def main(argv=None) -> int:

@@ -30,10 +30,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"{torch.device(args.device).type}-{date}.csv")
-    rows = [] if args.skip_edge else edge_rows(args.device, not args.no_compile, args.quick)
-    write_rows(rows, out)  # keep the edge rows even if the search step fails
-    rows += search_rows(args.device, args.quick)
-    write_rows(rows, out)
+    # the search step first (the headline numbers); the CSV is rewritten after every case
+    rows = search_rows(args.device, args.quick, sink=lambda r: write_rows(r, out))
+    if not args.skip_edge:
+        edge_rows(args.device, not args.no_compile, args.quick, sink=lambda r: write_rows(rows + r, out))
     print(f"wrote {out}")
     return 0
 
