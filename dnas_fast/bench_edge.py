@@ -405,7 +405,8 @@ def max_batch_cuda(cfg: dict, provider: str, hi=4096) -> int:
 
 # ---- output ------------------------------------------------------------------------------------------------------
 
-COLUMNS = ["bench", "provider", "mode", "ops", "mask", "C", "H", "W", "batch", "stride", "dtype", "median_ms",
+COLUMNS = ["bench", "provider", "mode", "ops", "mask", "C", "H", "W", "batch", "stride", "pc", "layers", "order",
+           "dtype", "median_ms",
            "p20_ms", "p80_ms", "reps", "saved_bytes", "saved_bytes_per_sample", "baseline_rss_mb", "peak_rss_mb",
            "step_rss_mb", "peak_alloc_mb", "max_batch", "first_call_s", "note", "device", "torch", "git_sha", "date",
            "load_avg_1m"]  # fmt: skip
