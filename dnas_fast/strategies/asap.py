@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import ArchWeights
-from .base import masks_to_cpu, register_strategy
+from .base import masks_to_cpu, register_strategy, top_k_mask
 from .darts import Darts
 
 
@@ -72,7 +72,7 @@ class Asap(Darts):
         for g, group in self.spec.items():
             p = self.probabilities(g)
             below = p < self.theta / len(group.op_names)
-            strongest = F.one_hot(p.argmax(-1), p.shape[-1]).bool()
+            strongest = top_k_mask(p)
             pruned = getattr(self, f"pruned_{g}")
             pruned |= below & ~strongest & self.active(g)
         self._cpu_active = None

@@ -52,6 +52,13 @@ def masks_to_cpu(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def top_k_mask(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Bool mask of the ``k`` largest entries of each row of ``scores`` (Tensor[E, K]); stays on the device
+    (``F.one_hot`` would read the indices back to check their range)."""
+    idx = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+
+
 def build_strategy(name: str, **hparams) -> "Strategy":
     if name not in _STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(known_strategies())}")

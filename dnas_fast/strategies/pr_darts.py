@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import ArchWeights
-from .base import masks_to_cpu, register_strategy
+from .base import masks_to_cpu, register_strategy, top_k_mask
 from .darts import Darts
 from .schedules import linear_anneal
 
@@ -71,8 +71,7 @@ class PrDarts(Darts):
         gates = {g: self.gates(g, noise=phase != "eval") for g in self.spec}
         open_ = {}
         for g, z in gates.items():
-            top = F.one_hot(z.topk(min(self.top_k, z.shape[-1]), dim=-1).indices, z.shape[-1]).sum(-2).bool()
-            open_[g] = top & (z > 0)
+            open_[g] = top_k_mask(z, self.top_k) & (z > 0)
         masks = masks_to_cpu(open_)
         return {
             g: ArchWeights(open_[g].to(z.dtype) - z.detach() + z, mask=masks[g], straight_through=True)

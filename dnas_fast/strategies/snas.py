@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchWeights
-from .base import Strategy, masks_to_cpu, register_strategy
+from .base import Strategy, masks_to_cpu, register_strategy, top_k_mask
 from .costs import RESOURCES, cost_tables, locate_edges
 
 
@@ -63,9 +63,9 @@ class Snas(Strategy):
     def relax_all(self, phase: str) -> dict[str, ArchWeights]:
         soft = {g: self.sample(g) for g in self.spec}
         if self.hard:
-            one_hot = {g: F.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype) for g, y in soft.items()}
-            weights = {g: one_hot[g] - soft[g].detach() + soft[g] for g in soft}
-            masks = masks_to_cpu({g: h.bool() for g, h in one_hot.items()})
+            chosen = {g: top_k_mask(y) for g, y in soft.items()}
+            weights = {g: chosen[g].to(y.dtype) - y.detach() + y for g, y in soft.items()}
+            masks = masks_to_cpu(chosen)
         else:
             weights = soft
             masks = masks_to_cpu({g: y != 0 for g, y in soft.items()})
