@@ -41,7 +41,8 @@ def _read_config_file(path: str) -> dict:
 SEARCH_FLAGS = {
     "space": str, "space_args": _json_arg, "strategy": str, "strategy_args": _json_arg, "data": str,
     "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": int, "train_portion": float,
-    "lr": float, "weight_decay": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int, "num_workers": int,
+    "lr": float, "weight_decay": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int,
+    "num_workers": int,
 }  # fmt: skip
 
 
@@ -54,6 +55,7 @@ def add_search_parser(sub):
     p.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
     p.add_argument("--stop-after", type=int, help="run at most this many epochs now (resume later)")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (torch.set_num_threads)")
     p.add_argument("--latency-target", type=float, help="TF-NAS latency target (ms), passed to the strategy")
     p.add_argument("--latency-table", help="TF-NAS latency lookup table, passed to the strategy")
     p.set_defaults(func=cmd_search)
@@ -81,12 +83,16 @@ def search_config(args):
 
 
 def cmd_search(args) -> int:
+    import torch
+
     from . import distributed
     from .search import run_search
 
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR")
     config = search_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or f"runs/{config.space}-{config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     rank, world_size = distributed.init(config.device)
     try:
