@@ -14,6 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+ORDER = ["naive", "checkpoint", "compile", "fused", "cpu", "cuda", "triton"]  # fixed colours across panels
+
+
+def _threads(row) -> str:
+    device = row.get("device", "")
+    return device[device.rfind("(") :] if "(" in device else ""
+
 
 def load(path: Path) -> list[dict]:
     with path.open() as f:
@@ -22,11 +29,13 @@ def load(path: Path) -> list[dict]:
 
 def grouped_bars(ax, groups: dict, title: str, ylabel: str, log=False):
     """groups: {x label: {provider: value}} -> side-by-side bars per provider."""
-    providers = sorted({p for v in groups.values() for p in v})
+    providers = [p for p in ORDER if any(p in v for v in groups.values())]
     width = 0.8 / max(len(providers), 1)
     for i, provider in enumerate(providers):
         xs = [j + i * width for j in range(len(groups))]
-        ax.bar(xs, [groups[g].get(provider, 0) for g in groups], width, label=provider)
+        ax.bar(
+            xs, [groups[g].get(provider, 0) for g in groups], width, label=provider, color=f"C{ORDER.index(provider)}"
+        )
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], list(groups), rotation=30, ha="right")
     ax.set_title(title)
     ax.set_ylabel(ylabel)
@@ -38,17 +47,17 @@ def grouped_bars(ax, groups: dict, title: str, ylabel: str, log=False):
 def main(argv=None) -> int:
     path = Path((argv or sys.argv[1:])[0])
     rows = load(path)
-    device = rows[0]["device"] if rows else "?"
+    device = rows[0]["device"].split(" (")[0] if rows else "?"
     edge_time, edge_saved = defaultdict(dict), defaultdict(dict)
     for r in rows:
         if r["bench"] == "edge" and r["mode"] == "full":
-            key = f"C{r['C']} {r['H']}x{r['W']} N{r['batch']}"
+            key = f"C{r['C']} {r['H']}x{r['W']} N{r['batch']} {_threads(r)}"
             edge_time[key][r["provider"]] = float(r["median_ms"])
             edge_saved[key][r["provider"]] = float(r["saved_bytes"]) / 2**20
     search_time, search_mem = defaultdict(dict), defaultdict(dict)
     for r in rows:
         if r["bench"] == "search":
-            key = f"N{r['batch']} order {r['order']}"
+            key = f"N{r['batch']} order {r['order']} {_threads(r)}"
             search_time[key][r["provider"]] = float(r["median_ms"]) / 1e3
             mem = r.get("step_rss_mb") or r.get("peak_alloc_mb")
             if mem:
