@@ -437,8 +437,8 @@ def format_table(rows) -> str:
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.2f}"
-    if isinstance(v, int) and v > 10**5:
-        return f"{v / 2**20:.2f} MiB"
+    if isinstance(v, int) and v >= 1024:  # byte counts
+        return f"{v / 2**20:.3f} MiB"
     return str(v)
 
 
