@@ -40,13 +40,15 @@ class PcDarts(Darts):
         super().setup(spec, device)
         for name, group in spec.items():
             self.betas[name] = nn.Parameter((self.init_std * torch.randn(group.num_edges)).to(device))
+            nodes = torch.tensor(group.node_of_edge)
+            incoming = nodes[None, :] == nodes.unique()[:, None]  # Tensor[nodes, E]: edge e feeds node n
+            self.register_buffer(f"incoming_{name}", incoming.to(device), persistent=False)
 
     def edge_weights(self, group: str) -> torch.Tensor:
         """``softmax`` of the betas over the incoming edges of each node, Tensor[E]."""
-        beta = self.betas[group]
-        nodes = torch.tensor(self.spec[group].node_of_edge, device=beta.device)
-        # one masked softmax per node; each edge belongs to exactly one node, so the sum places every weight once
-        return sum(F.softmax(beta.masked_fill(nodes != n, float("-inf")), dim=0) for n in nodes.unique().tolist())
+        incoming = getattr(self, f"incoming_{group}")
+        # a masked softmax per node (row); each edge feeds exactly one node, so the column sum places every weight
+        return F.softmax(self.betas[group].masked_fill(~incoming, float("-inf")), dim=-1).sum(0)
 
     def relax(self, group: str, phase: str) -> ArchWeights:
         weights = self.probabilities(group) * self.edge_weights(group)[:, None]
