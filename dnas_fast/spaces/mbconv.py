@@ -113,6 +113,7 @@ class MBConvSpace(SearchSpace):
         head: channels of the last 1x1 conv. resolution: input side the latency model assumes.
         op_names: candidate names (default: the 8 MBConv candidates; ``_swish`` is added in swish stages).
         affine: BN affine in the supernet (authors: False, with no running statistics).
+        aux_skip: the DARTS- auxiliary skip path on every block (S5 of DARTS-).
 
     Example::
 
@@ -124,18 +125,18 @@ class MBConvSpace(SearchSpace):
 
     def __init__(
         self, stages=None, stem=(32, 16), stem_stride=2, head=1280, resolution=224, in_channels=3,
-        num_classes=1000, op_names=None, affine=False, backend=None,
+        num_classes=1000, op_names=None, affine=False, aux_skip=False, backend=None,
     ):  # fmt: skip
         super().__init__()
         op_names = check_op_names(op_names or MBCONV_OPS)
         self.config = _config(stages or TFNAS_STAGES, stem, stem_stride, head, resolution, in_channels, num_classes)
-        self.config.update(op_names=op_names, affine=affine, backend=backend)
+        self.config.update(op_names=op_names, affine=affine, aux_skip=aux_skip, backend=backend)
         self.shapes = block_shapes(self.config)
         self.stem = build_stem(in_channels, self.config["stem"], stem_stride, affine)
         self.stages = nn.ModuleList(
             nn.ModuleList(
                 MixedEdge(b.C_in, b.stride, [b.op_name(n) for n in op_names], C_out=b.C_out, affine=affine,
-                          backend=backend)
+                          aux_skip=aux_skip, backend=backend)
                 for b in stage
             )
             for stage in self.shapes
