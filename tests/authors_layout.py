@@ -1,6 +1,7 @@
 """A test-only plain rebuild of the authors' DARTS search network (quark0/darts ``model_search``):
 same module tree (hence state_dict keys), same forward, written independently of dnas_fast.
-It is what a user of the authors' code has in memory; interop and drop-in tests compare against it."""
+It is what a user of the authors' code has in memory; interop and drop-in tests compare against it.
+``AuthorsPCMixedOp`` and ``weights2`` follow PC-DARTS ``model_search`` (yuhuixu1993/PC-DARTS) the same way."""
 
 import torch
 import torch.nn.functional as F
@@ -83,22 +84,43 @@ class AuthorsMixedOp(nn.Module):
         return sum(w * op(x) for w, op in zip(weights, self._ops))
 
 
-class AuthorsCell(nn.Module):
-    def __init__(self, steps, C_pp, C_p, C, reduction, reduction_prev):
+class AuthorsPCMixedOp(nn.Module):
+    """1/k of the channels through the ops, the rest bypassed (2x2 max-pooled on stride 2), then shuffled."""
+
+    def __init__(self, C, stride, k=4):
         super().__init__()
-        self.reduction, self.steps = reduction, steps
+        self.k = k
+        self.mp = nn.MaxPool2d(2, 2)
+        self._ops = nn.ModuleList(candidate(p, C // k, stride) for p in PRIMITIVES)
+
+    def forward(self, x, weights):
+        part, rest = x[:, : x.shape[1] // self.k], x[:, x.shape[1] // self.k :]
+        out = sum(w * op(part) for w, op in zip(weights, self._ops))
+        out = torch.cat([out, rest if out.shape[2] == x.shape[2] else self.mp(rest)], 1)
+        N, C, H, W = out.shape
+        return out.view(N, self.k, C // self.k, H, W).transpose(1, 2).reshape(N, C, H, W)
+
+
+class AuthorsCell(nn.Module):
+    def __init__(self, steps, C_pp, C_p, C, reduction, reduction_prev, mixed_op=AuthorsMixedOp, multiplier=4):
+        super().__init__()
+        self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0 = Reduce(C_pp, C) if reduction_prev else relu_conv_bn(C_pp, C)
         self.preprocess1 = relu_conv_bn(C_p, C)
         self._ops = nn.ModuleList(
-            AuthorsMixedOp(C, 2 if reduction and j < 2 else 1) for i in range(steps) for j in range(2 + i)
+            mixed_op(C, 2 if reduction and j < 2 else 1) for i in range(steps) for j in range(2 + i)
         )
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, weights2=None):
+        """weights2 (Tensor[E], optional): PC-DARTS edge-normalisation weights."""
         states, offset = [self.preprocess0(s0), self.preprocess1(s1)], 0
         for _ in range(self.steps):
-            states.append(sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
+            terms = [self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)]
+            if weights2 is not None:
+                terms = [weights2[offset + j] * t for j, t in enumerate(terms)]
+            states.append(sum(terms))
             offset += len(states) - 1
-        return torch.cat(states[-4:], 1)
+        return torch.cat(states[-self.multiplier :], 1)
 
 
 class AuthorsNetwork(nn.Module):
