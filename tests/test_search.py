@@ -143,3 +143,18 @@ def test_checkpoint_from_another_space_is_refused(tmp_path, capsys):
 def test_unknown_config_key(tmp_path):
     with pytest.raises(ValueError, match="unknown config key"):
         SearchConfig.from_dict({"epoch": 3})
+
+
+def test_fused_backend_follows_the_reference_genotype_trajectory(tmp_path):
+    """The issue's bar for the fused path: same search, same genotypes epoch by epoch, alphas within fp tolerance."""
+    base = {**TINY, "space": "darts", "space_args": {"C": 4, "layers": 3}, "epochs": 3}
+    logs = {}
+    for backend in ("reference", "fused", None):  # None: auto, the C++ backend when the extension is built
+        run_search(SearchConfig(**{**base, "backend": backend}), tmp_path / str(backend), log=lambda *_: None)
+        logs[backend] = [json.loads(line) for line in (tmp_path / str(backend) / "log.jsonl").read_text().splitlines()]
+    for backend in ("fused", None):
+        for ref, got in zip(logs["reference"], logs[backend]):
+            assert got["genotype"] == ref["genotype"], (backend, got["epoch"])
+            for group in ref["alphas"]:
+                diff = (torch.tensor(got["alphas"][group]) - torch.tensor(ref["alphas"][group])).abs().max()
+                assert diff < 1e-5, (backend, group, diff)
