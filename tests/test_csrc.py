@@ -11,25 +11,12 @@ import torch
 
 from dnas_fast.kernels import _ext
 from dnas_fast.kernels import pool_combine_ref as ref
+from tests.utils import assert_close, combine_with_kernel_vjp
 
 if not _ext.load():
     pytest.skip("dnas_fast._C not built: run pip install -e .", allow_module_level=True)
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=2e-5)}
-
-
-def assert_close(name, out, want, atol, rtol):
-    """Compare ``out`` with ``want`` in float64; on failure name the tensor and the worst element."""
-    assert out.shape == want.shape, f"{name}: shape {tuple(out.shape)} != {tuple(want.shape)}"
-    err = (out.double() - want.double()).abs()
-    bound = atol + rtol * want.double().abs()
-    if not bool((err <= bound).all()):
-        i = int((err - bound).argmax())
-        idx = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), err.shape))
-        raise AssertionError(
-            f"{name}: worst mismatch at {idx}: got {out.flatten()[i].item():.8g}, want {want.flatten()[i].item():.8g} "
-            f"(|err| {err.flatten()[i].item():.3g} > {bound.flatten()[i].item():.3g})"
-        )
 
 
 def make(shape, dtype, layout, gen, integer=False):
@@ -123,28 +110,11 @@ def test_nan_propagates_like_max_pool2d(stride):
         torch.testing.assert_close(out, want, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}")
 
 
-class _Combine(torch.autograd.Function):
-    """pool_combine with coef fixed, differentiated by pool_combine_backward (a = s, b = c = 0)."""
-
-    @staticmethod
-    def forward(ctx, x, stride, coef3, w_skip):
-        ctx.save_for_backward(x, coef3, w_skip)
-        ctx.stride = stride
-        return _ext.pool_combine(x, stride, coef3, w_skip)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, coef3, w_skip = ctx.saved_tensors
-        zero = torch.zeros_like(coef3[0])
-        coef6 = torch.stack([coef3[0], zero, zero, coef3[1], zero, zero])
-        return _ext.pool_combine_backward(x, g.contiguous(), ctx.stride, coef6, w_skip), None, None, None
-
-
 @pytest.mark.parametrize("stride", [1, 2], ids=lambda s: f"stride{s}")
 def test_backward_is_gradient_of_combine_gradcheck(stride):
     x, _, coef3, _, w_skip = inputs((1, 2, 5, 6), stride, torch.float64, "contiguous")
     x.requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: _Combine.apply(t, stride, coef3, w_skip), (x,))
+    assert torch.autograd.gradcheck(combine_with_kernel_vjp(_ext, stride, coef3, w_skip), (x,))
 
 
 def test_stats_are_deterministic_across_thread_counts():

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 import triton_kernels  # noqa: E402
 from dnas_fast.kernels import pool_combine_ref as ref  # noqa: E402
+from tests.utils import combine_with_kernel_vjp  # noqa: E402
 
 pc = importlib.import_module("triton_kernels.pool_combine")
 REPO = Path(__file__).resolve().parents[1]
@@ -116,23 +117,6 @@ def test_max_pool_ties_route_to_first_maximum(stride):
     assert_close("dx", expected, pc.pool_combine_backward(x, g, stride, coef6, None), **TOL[torch.float64])
 
 
-class _Combine(torch.autograd.Function):
-    """pool_combine with BN scales as constants: its VJP is pool_combine_backward with (a, b, c) = (s, 0, 0)."""
-
-    @staticmethod
-    def forward(ctx, x, stride, coef, w_skip):
-        ctx.save_for_backward(x, coef, w_skip)
-        ctx.stride = stride
-        return pc.pool_combine(x, stride, coef, w_skip)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, coef, w_skip = ctx.saved_tensors
-        zero = torch.zeros_like(coef[0])
-        coef6 = torch.stack([coef[0], zero, zero, coef[1], zero, zero])
-        return pc.pool_combine_backward(x, g.contiguous(), ctx.stride, coef6, w_skip), None, None, None
-
-
 @pytest.mark.parametrize("stride", [1, 2], ids=["stride1-skip", "stride2"])
 def test_backward_gradcheck(stride):
     """dx against finite differences of the kernel's own forward (independent of the reference)."""
@@ -140,7 +124,7 @@ def test_backward_gradcheck(stride):
     w_skip = torch.tensor(0.7, dtype=torch.float64) if stride == 1 else None
     x.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda t: _Combine.apply(t, stride, coef3, w_skip), (x,), eps=1e-6, atol=1e-8, fast_mode=True
+        combine_with_kernel_vjp(pc, stride, coef3, w_skip), (x,), eps=1e-6, atol=1e-8, fast_mode=True
     )
 
 
