@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dnas_fast.bench_edge import MODES, available_backends, bench_edge, format_table, run_meta, write_rows
+from dnas_fast.bench_edge import MODES, add_case, available_backends, bench_edge, run_meta, write_rows
 
 SHAPES = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
 BATCHES = [16, 64]
@@ -40,20 +40,14 @@ def edge_rows(
             cfg = {"bench": "edge", "ops": "darts", "C": C, "H": H, "W": W, "batch": N, "stride": 1,
                    "dtype": "float32", "device": str(device)}  # fmt: skip
             new = bench_edge(cfg, providers, modes, rss=device.type == "cpu", budget_s=budget_s)
-            rows += [{**r, **meta} for r in new]
-            print(format_table(new), flush=True)
-            if sink:
-                sink(rows)
+            add_case(rows, new, meta, sink)
     masked = [p for p in providers if p != "compile"]
     for C, H, W in shapes if masks else []:
         for name, mask in MASKS.items():
             cfg = {"bench": f"edge-mask-{name}", "ops": "darts", "C": C, "H": H, "W": W, "batch": 16, "stride": 1,
                    "mask": mask, "dtype": "float32", "device": str(device)}  # fmt: skip
             new = bench_edge(cfg, masked, ("full",), budget_s=budget_s)
-            rows += [{**r, **meta} for r in new]
-            print(format_table(new), flush=True)
-            if sink:
-                sink(rows)
+            add_case(rows, new, meta, sink)
     return rows
 
 

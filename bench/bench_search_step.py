@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dnas_fast import _backend
-from dnas_fast.bench_edge import available_backends, bench_search_step, format_table, run_meta, write_rows
+from dnas_fast.bench_edge import add_case, available_backends, bench_search_step, run_meta, write_rows
 
 CASES = [(16, 1), (64, 1), (16, 2)]  # (batch, DARTS order)
 
@@ -30,10 +30,7 @@ def search_rows(device="cpu", quick=False, rounds=1, all_backends=False, sink=No
         cfg = {"bench": "search", "C": 16, "layers": 8, "H": 32, "batch": batch, "order": order,
                "device": str(device)}  # fmt: skip
         new = bench_search_step(cfg, providers, rounds=rounds)
-        rows += [{**r, **meta} for r in new]
-        print(format_table(new), flush=True)
-        if sink:
-            sink(rows)
+        add_case(rows, new, meta, sink)
     return rows
 
 

@@ -424,6 +424,15 @@ def write_rows(rows, path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
 
 
+def add_case(rows: list, new: list, meta: dict, sink=None) -> None:
+    """Append one case's rows (tagged with the run metadata), print them, and hand everything so far to
+    ``sink`` so a long run keeps its partial results."""
+    rows += [{**r, **meta} for r in new]
+    print(format_table(new), flush=True)
+    if sink:
+        sink(rows)
+
+
 def format_table(rows) -> str:
     cols = ["provider", "mode", "median_ms", "p20_ms", "p80_ms", "saved_bytes", "step_rss_mb", "peak_alloc_mb", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
