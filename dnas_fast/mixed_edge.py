@@ -8,6 +8,12 @@ from . import _backend
 from .ops import build_op, check_op_names
 
 
+def strided_shape(x: torch.Tensor, stride: int, C: int) -> tuple:
+    """``(N, C, ceil(H / stride), ceil(W / stride))``: the output shape of every candidate op on ``x``."""
+    N, _, H, W = x.shape
+    return N, C, -(-H // stride), -(-W // stride)
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """PC-DARTS channel shuffle: ``view(N, g, C/g, H, W).transpose(1, 2)``."""
     N, C, H, W = x.shape
@@ -107,8 +113,7 @@ class MixedEdge(nn.Module):
             raise ValueError("aux_weight given but the edge was built without aux_skip=True")
 
     def output_shape(self, x):
-        N, _, H, W = x.shape
-        return N, self.C_out, -(-H // self.stride), -(-W // self.stride)
+        return strided_shape(x, self.stride, self.C_out)
 
 
 def active_ops(edge: MixedEdge, mask):
@@ -126,8 +131,7 @@ def reference_forward(edge: MixedEdge, x, weights, mask=None, aux_weight=None, s
     if terms:
         out = sum(terms)
     else:  # keep the graph connected to ``weights`` so every strategy sees a (zero) gradient
-        N, _, H, W = edge.output_shape(x_ops)
-        out = x_ops.new_zeros(N, edge.C_out // pc, H, W) + weights.sum() * 0
+        out = x_ops.new_zeros(strided_shape(x_ops, edge.stride, edge.C_out // pc)) + weights.sum() * 0
     inactive = [k for k in range(len(edge.op_names)) if k not in active]
     if straight_through and inactive:
         out = out + weights[inactive].sum()

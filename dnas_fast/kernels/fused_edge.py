@@ -33,7 +33,6 @@ Example::
     y = fused_edge_forward(edge, torch.randn(2, 16, 8, 8), torch.softmax(torch.zeros(8), 0))
 """
 
-import importlib
 import os
 import weakref
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend
-from ..mixed_edge import MixedEdge, active_ops
+from ..mixed_edge import MixedEdge, active_ops, strided_shape
 from ..ops.darts import FactorizedReduce, Identity, Zero
 from . import pool_combine_ref as _ref
 
@@ -265,11 +264,6 @@ def make_plan(edge: MixedEdge, mask, straight_through: bool, aux_weight, prims) 
     return plan, params
 
 
-def _out_shape(x, stride, C_out):
-    N, _, H, W = x.shape
-    return N, C_out, -(-H // stride), -(-W // stride)
-
-
 def _inner(a, b):
     """<a, b> over all elements, without a temporary when both share a dense layout."""
     if a.is_contiguous() and b.is_contiguous():
@@ -312,7 +306,7 @@ def _pool_bn_stats(plan, x_ops):
     batch_rows = _batch_stat_rows(plan)
     if batch_rows:
         sums = plan.prims.pool_stats(x_ops, plan.stride).to(stat_dtype)  # [4, C]: sum, sum sq of mp, then ap
-        N, _, Ho, Wo = _out_shape(x_ops, plan.stride, C)
+        N, _, Ho, Wo = strided_shape(x_ops, plan.stride, C)
         M = N * Ho * Wo
     for row, kind in enumerate(_POOLS):
         bn = plan.spec.pools[plan.pool_idx[kind]].bn if kind in plan.pool_idx else None
@@ -365,7 +359,7 @@ def fused_forward(plan: _Plan, x, weights, aux_weight, params):
             acc = y.mul_(weights[k]) if acc is None else acc.addcmul_(y, weights[k])
             del y  # free op k before op k + 1 runs
     if acc is None:  # every op masked (or zero)
-        acc = x_ops.new_zeros(_out_shape(x_ops, plan.stride, plan.C_ops_out))
+        acc = x_ops.new_zeros(strided_shape(x_ops, plan.stride, plan.C_ops_out))
     if plan.straight_through and plan.inactive:
         acc.add_(weights[plan.inactive].sum())
     out = _scatter_partial(plan, x, acc) if plan.pc > 1 else acc
@@ -582,8 +576,7 @@ def ext_prims() -> SimpleNamespace:
 
 
 def triton_prims() -> SimpleNamespace:
-    # the launchers live in triton_kernels.pool_combine (the package's attribute of that name is the submodule)
-    return _prims_of(importlib.import_module("triton_kernels.pool_combine"))
+    return _prims_of(_triton_module())
 
 
 for _b in (
