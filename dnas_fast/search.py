@@ -218,7 +218,8 @@ class Searcher:
             total_loss += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            if not bar.disable:  # .item() syncs with the device: only when a bar is shown
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         self.scheduler.step()
         return {"train_loss": (total_loss / seen).item(), "train_acc": (correct / seen).item()}
 

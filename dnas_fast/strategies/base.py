@@ -237,7 +237,7 @@ class Strategy(nn.Module):
         loss.backward()
         ctx.sync_grads(self.arch_parameters())
         ctx.a_optimizer.step()
-        return {"arch_loss": loss.item()}
+        return {"arch_loss": loss.detach()}  # a tensor: no host sync per step
 
     def weight_step(self, ctx: StepContext, train_batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One weight step; single-level strategies update the alphas from the same loss."""

@@ -77,4 +77,4 @@ class Darts(Strategy):
         for d, gp, gn in zip(dalpha, grads_p, grads_n):
             hvp = (gp if gp is not None else 0) - (gn if gn is not None else 0)
             out.append(d - ctx.lr * hvp / (2 * R))
-        return out, val_loss.item()
+        return out, val_loss.detach()
