@@ -9,7 +9,9 @@ Contract and plain-PyTorch reference: ``pool_combine_ref.py`` (same argument ord
   NCHW first). Per-channel sums come back in x's math dtype (float32 for float16/bfloat16/float32 inputs, float64
   for float64) and are accumulated in float64 on the CPU, in the math dtype on CUDA, in a fixed order
   (deterministic).
-- CPU: float32, float64. CUDA (when the extension was built with nvcc): also float16, bfloat16.
+- CUDA (when the extension was built with nvcc): float32, float64, float16, bfloat16 (opmath accumulation). CPU
+  kernels: float32, float64; float16 / bfloat16 inputs (autocast) run them on a transient float32 copy of x and g,
+  and maps come back in x's dtype.
 - Bad inputs raise ``RuntimeError`` naming what was expected and what was got.
 
 Example::
@@ -53,22 +55,27 @@ def available(device: torch.device | str) -> bool:
     return False
 
 
+def _cpu_math(t: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 CPU tensors as float32 (the CPU kernels' dtypes); everything else unchanged."""
+    return t.float() if t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]) -> Tensor[4, C]: per-channel sum and sum of squares of maxpool3x3(x), then
     avgpool3x3(x) (padding 1, ``stride``)."""
-    return torch.ops.dnas_fast.pool_stats.default(x, stride)
+    return torch.ops.dnas_fast.pool_stats.default(_cpu_math(x), stride)
 
 
 def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
     """x (Tensor[N, C, H, W]), coef (Tensor[3, C]) = (s_max, s_avg, bias), w_skip (Tensor[] or None, stride 1
     only) -> Tensor[N, C, H', W'] = s_max * maxpool(x) + s_avg * avgpool(x) + bias + w_skip * x."""
-    return torch.ops.dnas_fast.pool_combine.default(x, stride, coef, w_skip)
+    return torch.ops.dnas_fast.pool_combine.default(_cpu_math(x), stride, coef, w_skip).to(x.dtype)
 
 
 def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]), g (Tensor[N, C, H', W']) -> Tensor[3, C]: per-channel sum(g), sum(g * maxpool(x)),
     sum(g * avgpool(x))."""
-    return torch.ops.dnas_fast.pool_grad_stats.default(x, g, stride)
+    return torch.ops.dnas_fast.pool_grad_stats.default(_cpu_math(x), _cpu_math(g), stride)
 
 
 def pool_combine_backward(
@@ -77,7 +84,8 @@ def pool_combine_backward(
     """x (Tensor[N, C, H, W]), g (Tensor[N, C, H', W']), coef (Tensor[6, C]) = (a_max, b_max, c_max, a_avg, b_avg,
     c_avg), w_skip (Tensor[] or None) -> dx (Tensor[N, C, H, W]); the pools are recomputed from x, max-pool ties go
     to the first maximum of the window in row-major order (as PyTorch's max_pool2d backward)."""
-    return torch.ops.dnas_fast.pool_combine_backward.default(x, g, stride, coef, w_skip)
+    dx = torch.ops.dnas_fast.pool_combine_backward.default(_cpu_math(x), _cpu_math(g), stride, coef, w_skip)
+    return dx.to(x.dtype)
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:

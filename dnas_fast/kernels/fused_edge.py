@@ -45,6 +45,7 @@ from torch import nn
 from .. import _backend
 from ..mixed_edge import MixedEdge, active_ops, strided_shape
 from ..ops.darts import FactorizedReduce, Identity, Zero
+from ..precision import autocast_state, restore_autocast
 from . import pool_combine_ref as _ref
 
 REF_PRIMS = SimpleNamespace(
@@ -495,16 +496,19 @@ class FusedEdgeFunction(torch.autograd.Function):
     gradients flow to whatever tensors the module holds at call time (``torch.func.functional_call``)."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, plan, x, weights, aux_weight, *params):
         out, bn_stats = fused_forward(plan, x, weights, aux_weight, params)
-        ctx.plan = plan
+        ctx.plan, ctx.autocast = plan, autocast_state(x.device.type)  # what torch.amp.custom_fwd does, any device
         ctx.save_for_backward(x, weights, aux_weight, bn_stats, *params)
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):
+        with restore_autocast(ctx.autocast):  # the recomputed convs run in the forward's dtypes
+            return FusedEdgeFunction._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "the fused MixedEdge backward is not differentiable (create_graph=True / double backward); "
