@@ -5,10 +5,10 @@ Contract and plain-PyTorch reference: ``pool_combine_ref.py`` (same argument ord
 
 - ``w_skip`` is a ``Tensor[]`` (any floating dtype, on x's device) or ``None`` (schema ``Tensor? w_skip``); it is
   only defined at stride 1. ``coef`` may have any floating dtype; it is cast to x's math dtype.
-- Maps come back NCHW-contiguous in x's dtype, whatever x's layout (channels_last and strided inputs are copied to
-  NCHW first). Per-channel sums come back in x's math dtype (float32 for float16/bfloat16/float32 inputs, float64
-  for float64) and are accumulated in float64 on the CPU, in the math dtype on CUDA, in a fixed order
-  (deterministic).
+- The kernels read and write NCHW: a channels_last or strided x (and g) is copied to NCHW inside the op, and the
+  maps are copied back to channels_last when x is channels_last (so a --channels-last network stays so).
+- Per-channel sums come back in x's math dtype (float32 for float16/bfloat16/float32 inputs, float64 for float64)
+  and are accumulated in float64 on the CPU, in the math dtype on CUDA, in a fixed order (deterministic).
 - CUDA (when the extension was built with nvcc): float32, float64, float16, bfloat16 (opmath accumulation). CPU
   kernels: float32, float64; float16 / bfloat16 inputs (autocast) run them on a transient float32 copy of x and g,
   and maps come back in x's dtype.
@@ -60,6 +60,13 @@ def _cpu_math(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def _like(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A map of the kernels in x's dtype, channels_last if x is."""
+    cl = torch.channels_last
+    layout = cl if x.is_contiguous(memory_format=cl) and not x.is_contiguous() else torch.contiguous_format
+    return out.to(x.dtype).contiguous(memory_format=layout)
+
+
 def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]) -> Tensor[4, C]: per-channel sum and sum of squares of maxpool3x3(x), then
     avgpool3x3(x) (padding 1, ``stride``)."""
@@ -69,7 +76,7 @@ def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
 def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
     """x (Tensor[N, C, H, W]), coef (Tensor[3, C]) = (s_max, s_avg, bias), w_skip (Tensor[] or None, stride 1
     only) -> Tensor[N, C, H', W'] = s_max * maxpool(x) + s_avg * avgpool(x) + bias + w_skip * x."""
-    return torch.ops.dnas_fast.pool_combine.default(_cpu_math(x), stride, coef, w_skip).to(x.dtype)
+    return _like(x, torch.ops.dnas_fast.pool_combine.default(_cpu_math(x), stride, coef, w_skip))
 
 
 def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
@@ -85,7 +92,7 @@ def pool_combine_backward(
     c_avg), w_skip (Tensor[] or None) -> dx (Tensor[N, C, H, W]); the pools are recomputed from x, max-pool ties go
     to the first maximum of the window in row-major order (as PyTorch's max_pool2d backward)."""
     dx = torch.ops.dnas_fast.pool_combine_backward.default(_cpu_math(x), _cpu_math(g), stride, coef, w_skip)
-    return dx.to(x.dtype)
+    return _like(x, dx)
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:
