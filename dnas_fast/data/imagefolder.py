@@ -114,11 +114,12 @@ class FolderSplit(Split):
         self._keys.keys = [(i, epoch) for i in order.tolist()]
         return iter(self._loader)
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, S, S, 3]`` -> float32 ``[B, 3, S, S]`` normalised with the ImageNet mean / std; the
-        permute is a view, so the result is channels_last until the caller asks for another layout."""
+    def finish(self, x: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """uint8 ``[B, S, S, 3]`` -> float32 ``[B, 3, S, S]`` normalised with the ImageNet mean / std. The layout
+        changes while the pixels are uint8 (channels_last: not at all, ``[B, S, S, 3]`` is that layout)."""
         if x.device not in self._stats:
             mean, std = (255 * torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
             self._stats[x.device] = mean, std
         mean, std = self._stats[x.device]
-        return (x.permute(0, 3, 1, 2).float() - mean) / std
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+        return x.float().sub_(mean).div_(std)

@@ -5,7 +5,7 @@ import torch
 
 
 class DeviceBatches:
-    """Iterate ``(finish(x) on device in memory_format, y on device)`` over ``raw`` ``(x, y)`` CPU batches.
+    """Iterate ``(finish(x, memory_format) on device, y on device)`` over ``raw`` ``(x, y)`` CPU batches.
 
     Example::
 
@@ -31,7 +31,7 @@ class DeviceBatches:
     def _prepare(self, x, y):
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        return self.finish(x).contiguous(memory_format=self.memory_format), y
+        return self.finish(x, self.memory_format), y
 
     def __iter__(self):
         return self

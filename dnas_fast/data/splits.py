@@ -70,7 +70,7 @@ class Split:
         return self.indices[perm[self.rank : self.shard_size * self.world_size : self.world_size]]
 
     def __iter__(self):
-        return ((self.finish(x).contiguous(), y) for x, y in self.raw_batches())
+        return ((self.finish(x), y) for x, y in self.raw_batches())
 
     def to_device(self, device, memory_format=torch.contiguous_format):
         """This epoch's batches on ``device``, finished there (:class:`~.prefetch.DeviceBatches`: on CUDA the
@@ -84,9 +84,9 @@ class Split:
         order = self.shard(self.epoch)[self.start_batch * self.batch_size :]
         return self._batches(order, self.epoch, self.start_batch)
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw batch -> ``Tensor[B, C, S, S]`` float32 normalised, on x's device (identity here)."""
-        return x
+    def finish(self, x: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """Raw batch -> ``Tensor[B, C, S, S]`` float32 normalised in ``memory_format``, on x's device."""
+        return x.contiguous(memory_format=memory_format)
 
     def _batches(self, order: torch.Tensor, epoch: int, first_batch: int):
         raise NotImplementedError
