@@ -44,3 +44,24 @@ def test_imagenet_search_job_via_cli(tmp_path, capsys):
     steps = {int(s["step"]) for s in ckpt["a_optimizer"]["state"].values()}
     assert steps == {4}, f"two architecture steps per epoch (warm-up off), got Adam steps {steps}"
     assert (out / "genotype.txt").read_text().startswith("Genotype(")
+
+
+def test_imagenet_bench_step_runs_every_variant_and_the_fused_one_saves_less():
+    from dnas_fast.bench_edge import build_search_step, search_step_saved_bytes
+
+    saved = {}
+    for provider in ("naive", "fused"):
+        cfg = dict(provider=provider, imagenet=True, H=64, batch=2, pc=2, layers=3, C=8, precision="bf16",
+                   channels_last=True)  # fmt: skip
+        step = build_search_step(cfg)
+        step()
+        assert step.train[0].is_contiguous(memory_format=torch.channels_last)
+        saved[provider] = search_step_saved_bytes(step)
+    assert saved["fused"] < 0.5 * saved["naive"], saved
+
+
+def test_pcdarts_protocol_projection():
+    from bench.bench_imagenet_step import protocol_hours
+
+    # 10% of 1,281,167 images in batches of 256: 501 steps per epoch, 50 epochs, at 1 s per step
+    assert protocol_hours(1.0, 256) == pytest.approx(50 * 501 / 3600)
