@@ -42,8 +42,10 @@ Remaining deviations, with reasons:
   chain as the edges whose source is the previous node, so every space works; terms are averaged over the
   space's edge groups (the authors' 0.5 for their two cell types). Ops outside an edge's allowed subset
   (R-DARTS spaces) never open.
-- Their search network is C=16 with 6 cells (``configs/PRDARTS-NASNet-archs.config``: N=2), ``--space-args
-  '{"C": 16, "layers": 6}'``; the space's defaults stay DARTS'.
+- Their search network (D-X-Y's NASNet search cell, ``search_cells.py``, ``cell_operations.py``) is C=16 with 6
+  cells (``configs/PRDARTS-NASNet-archs.config``: N=2; ``--space-args '{"C": 16, "layers": 6}'`` here), its
+  pools have no BatchNorm and its BatchNorms keep no running statistics (``--track_running_stats 0``): these
+  belong to the search space, which stays the DARTS network.
 """
 
 import math
