@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2], help="partial-channel divisors K")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--max-batch-cap", type=int, default=4096, help="CUDA: stop the max-batch search here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out")
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     for k in args.ks:
         cfg = {"bench": "imagenet-search", "C": 16, "layers": 8, "H": 224, "imagenet": True, "pc": k, "order": 1,
                "batch": args.batch, "precision": args.precision, "channels_last": args.channels_last,
-               "device": str(device)}  # fmt: skip
+               "device": str(device), "max_batch_cap": args.max_batch_cap}  # fmt: skip
         if device.type == "cuda":
             new = [cuda_rows(cfg, provider) for provider in providers]
         else:
