@@ -3,6 +3,7 @@
 #   ./dev.sh search [extra dnas-fast search flags]   a real DARTS search on the built-in digits data
 #   ./dev.sh test [pytest args]                      the full test suite
 #   ./dev.sh setup                                   only create/refresh the environment
+#   ./dev.sh bench-loader [args]                     bench/bench_loader.py against torchvision, in .venv-bench-loader
 # DNAS_FAST_VENV picks the venv folder (default .venv); DNAS_FAST_TORCH the torch requirement
 # (default torch==2.13.0, a CPU build; use e.g. "torch" for a CUDA build on a GPU machine).
 set -euo pipefail
@@ -36,5 +37,12 @@ case "$cmd" in
       --space-args '{"C": 8, "layers": 5}' --epochs 6 --batch-size 64 --seed 0 --threads 1 \
       --out "runs/digits-darts-$(date +%Y%m%d-%H%M%S)" "$@"
     ;;
-  *) echo "usage: ./dev.sh {search|test|setup} [args]" >&2; exit 2 ;;
+  bench-loader)
+    # torchvision pins its torch, so it gets a venv of its own; the package is used from the source tree.
+    [ -x .venv-bench-loader/bin/python ] || python3 -m venv .venv-bench-loader
+    .venv-bench-loader/bin/python -c "import torchvision" 2>/dev/null ||
+      .venv-bench-loader/bin/pip install -q "${DNAS_FAST_TORCH:-torch==2.14.1}" torchvision==0.29.1 pillow numpy
+    PYTHONPATH=. .venv-bench-loader/bin/python bench/bench_loader.py "$@"
+    ;;
+  *) echo "usage: ./dev.sh {search|test|setup|bench-loader} [args]" >&2; exit 2 ;;
 esac

@@ -3,12 +3,13 @@ on the same JPEG files, side by side in one run (rounds interleaved, medians).
 
 Both decode with PIL and draw RandomResizedCrop(S) + RandomHorizontalFlip. torchvision then converts to float
 (ToTensor) and normalises in the worker, sending float32 through the pipe; ours sends uint8 [B, S, S, 3] and
-normalises after the pipe (on the GPU in a search: ``Split.to_device``), as the search loop consumes it here.
-torchvision is only needed by this script (its own venv: ``pip install torch torchvision``); the product never
-imports it.
+normalises after the pipe (on the GPU in a search: ``Split.to_device``); ours is measured both without and
+with that normalisation done on the CPU.
+torchvision is only needed by this script, in a venv of its own (``./dev.sh bench-loader`` makes one and runs
+it); the product never imports it. The loader needs no compiled extension, so a ``dnas_fast._C`` built for
+another torch is simply not loaded there.
 
-    python -m venv /work/venv-imagenet && /work/venv-imagenet/bin/pip install torch torchvision pillow
-    PYTHONPATH=. DNAS_FAST_NO_EXT=1 /work/venv-imagenet/bin/python bench/bench_loader.py --out loader.json
+    ./dev.sh bench-loader --workers 1 2 --out bench/results/loader.json
 """
 
 import argparse
