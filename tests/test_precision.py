@@ -144,3 +144,37 @@ def test_low_precision_step_on_cuda_within_the_references_own_error(precision):
     for backend in ["fused", "auto"]:
         low = step_grads(space, strategy, train, precision, backend)
         check_within_reference_error({k: (exact[k], ref_low[k], low[k]) for k in exact}, f"{precision} {backend}")
+
+
+def test_fp16_search_checkpoints_and_resumes_the_loss_scales(tmp_path):
+    from dnas_fast.search import SearchConfig, Searcher, run_search
+
+    config = SearchConfig(space="darts", space_args={"C": 4, "layers": 3}, data="digits", epochs=2, batch_size=16,
+                          max_steps_per_epoch=2, precision="fp16", device="cpu")  # fmt: skip
+    run_search(config, tmp_path, log=lambda s: None, stop_after=1)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(ckpt["precision"]) == {"weights", "arch"} and ckpt["precision"]["weights"]["scale"] > 0
+    resumed = Searcher(config, tmp_path)
+    resumed.load(ckpt)
+    for role, scaler in resumed.precision.scalers.items():
+        assert scaler.get_scale() == ckpt["precision"][role]["scale"]
+    run_search(config, tmp_path, resume=True, log=lambda s: None)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
+def test_cuda_prefetcher_delivers_the_cpu_batches_normalised_on_the_gpu(tmp_path):
+    from dnas_fast.data import build_search_data
+    from tests.utils import write_jpeg_folder
+
+    root = write_jpeg_folder(tmp_path, per_class=4, side=40)
+    split = build_search_data("imagefolder", root=root, batch_size=4, image_size=32, num_workers=1,
+                              imagenet_train_fraction=0.5, imagenet_valid_fraction=0.5).train  # fmt: skip
+    cpu = list(split)
+    gpu = list(split.to_device("cuda", torch.channels_last))
+    assert len(cpu) == len(gpu)
+    for (a, ya), (b, yb) in zip(cpu, gpu):
+        assert b.is_cuda and b.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(b.cpu(), a, atol=1e-6, rtol=1e-6)
+        assert torch.equal(yb.cpu(), ya)
