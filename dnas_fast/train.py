@@ -302,11 +302,13 @@ class Trainer:
             **config.data_args,
         )
         if config.family in ("cifar", "imagenet") and config.auxiliary:
-            side = self.data.image_size // (4 if config.family == "cifar" else 32)  # after the second reduction
-            if side < 5:
+            # the head pools 5x5 (stride 3 / 2) the map after the second reduction, then needs a 2x2 map
+            side = self.data.image_size // (4 if config.family == "cifar" else 32)
+            if (side - 5) // (3 if config.family == "cifar" else 2) + 1 < 2:
+                smallest = 32 if config.family == "cifar" else 224
                 raise ValueError(
-                    f"the auxiliary head needs a feature map of at least 5x5 after the second reduction; "
-                    f"{self.data.image_size}px images give {side}x{side}: pass --auxiliary false or a larger image_size"
+                    f"the auxiliary head needs images of at least {smallest}px, got {self.data.image_size}px: "
+                    f"pass --auxiliary false or data_args image_size"
                 )
         self.net = build_network(self.arch, config, self.data.in_channels, self.data.num_classes).to(self.device)
         shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)

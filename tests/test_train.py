@@ -1,0 +1,205 @@
+"""Training from scratch (``dnas-fast train``), the evaluation networks, and the child of a search (``eval-child``)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dnas_fast.cli import main
+from dnas_fast.data.splits import generator
+from dnas_fast.genotype import NAMED_GENOTYPES, genotype_to_json
+from dnas_fast.interop import load_authors_eval_state
+from dnas_fast.networks import NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
+from dnas_fast.search import SearchConfig, run_search
+from dnas_fast.spaces.mbconv import MBConvSpace
+from dnas_fast.train import (
+    Architecture,
+    TrainConfig,
+    child_arch_weights,
+    cutout,
+    eval_child,
+    resolve_architecture,
+    run_train,
+)
+from tests.authors_eval_layout import AuthorsNetworkEval
+from tests.test_interop import randomize
+from tests.utils import assert_close
+
+NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+TINY = dict(data="digits", C=4, layers=3, epochs=2, batch_size=32, auxiliary=False, cutout_length=3,
+            drop_path_prob=0.2, max_steps_per_epoch=4, deterministic=True)  # fmt: skip
+quiet = dict(log=lambda *_: None)
+
+
+def tiny_mbconv_config():
+    space = MBConvSpace(stages=[[8, 1, 1, "relu"], [16, 2, 2, "swish"]], stem=[8, 8], stem_stride=1, head=32,
+                        resolution=8, in_channels=1, num_classes=10)  # fmt: skip
+    return space.derived_config([1, 4, 6], [1, 2], space.widths())
+
+
+# ---- published counts ------------------------------------------------------------------------------------
+def test_darts_v2_cifar10_has_the_published_3_3m_parameters_without_the_auxiliary_head():
+    net = NetworkCIFAR(36, 10, 20, True, NAMED_GENOTYPES["DARTS_V2"])
+    params = count_parameters_mb(net)
+    assert round(params, 1) == 3.3  # DARTS paper, Table 1
+    assert sum(p.numel() for p in net.parameters()) / 1e6 > params + 0.4  # the auxiliary head is left out
+    assert 500 < count_macs_m(net, (1, 3, 32, 32)) < 560  # conv + linear multiply-adds of one 32x32 image
+
+
+def test_darts_v2_imagenet_has_the_published_4_7m_parameters():
+    assert round(count_parameters_mb(NetworkImageNet(48, 1000, 14, True, NAMED_GENOTYPES["DARTS_V2"])), 1) == 4.7
+
+
+# ---- architectures ---------------------------------------------------------------------------------------
+def test_every_accepted_architecture_form_parses(tmp_path):
+    v2 = NAMED_GENOTYPES["DARTS_V2"]
+    assert resolve_architecture("DARTS_V2").value == v2
+    assert resolve_architecture("DARTS").value == v2
+    assert resolve_architecture(repr(v2)).value == v2
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "genotype.json").write_text(genotype_to_json(v2))
+    assert resolve_architecture(str(tmp_path / "run")).value == v2
+    assert resolve_architecture(str(tmp_path / "run" / "genotype.json")).value == v2
+    nb = resolve_architecture(NB201_ARCH)
+    assert (nb.kind, nb.value) == ("nb201", NB201_ARCH)
+    (tmp_path / "nb.json").write_text(json.dumps(NB201_ARCH))
+    assert resolve_architecture(str(tmp_path / "nb.json")).kind == "nb201"
+    config = tiny_mbconv_config()
+    (tmp_path / "tfnas.json").write_text(json.dumps({"config": config, "mflops": 1.0}))  # TFNASArch.to_json
+    assert resolve_architecture(str(tmp_path / "tfnas.json")).value == config
+    for name in NAMED_GENOTYPES:
+        NetworkCIFAR(4, 10, 3, False, NAMED_GENOTYPES[name])(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="known name"):
+        resolve_architecture("DARTS_V9")
+    with pytest.raises(ValueError, match="must read inputs"):
+        resolve_architecture("|nor_conv_3x3~1|")
+
+
+# ---- interop with the authors' evaluation networks --------------------------------------------------------
+@pytest.mark.parametrize("imagenet", [False, True])
+def test_authors_eval_checkpoint_loads_and_gives_their_forward_in_float64(imagenet):
+    torch.manual_seed(0)
+    genotype = NAMED_GENOTYPES["PDARTS"]  # every op kind but max pool, and nodes reading nodes
+    theirs = AuthorsNetworkEval(8, 10, 5, True, genotype, imagenet=imagenet).double()
+    randomize(theirs)
+    state = {k: v for k, v in theirs.state_dict().items() if not k.endswith("num_batches_tracked")}  # PyTorch 0.3
+    if imagenet:
+        state = {"module." + k: v for k, v in state.items()}  # their nn.DataParallel checkpoint
+    ours = (NetworkImageNet if imagenet else NetworkCIFAR)(8, 10, 5, True, genotype).double()
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    load_authors_eval_state(ours, state)
+    side = 224 if imagenet else 32  # the smallest inputs the auxiliary heads take
+    x = torch.randn(2, 3, side, side, dtype=torch.double)
+    for mode in ("eval", "train"):
+        theirs.train(mode == "train"), ours.train(mode == "train")
+        (a, a_aux), (b, b_aux) = theirs(x), ours(x)
+        assert_close(f"{mode} logits", b, a, atol=1e-10, rtol=1e-10)
+        if mode == "train":
+            assert_close("aux logits", b_aux, a_aux, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="does not match"):
+        load_authors_eval_state(NetworkCIFAR(8, 10, 5, True, NAMED_GENOTYPES["DARTS_V1"]).double(), state)
+
+
+# ---- pieces of the loop ----------------------------------------------------------------------------------
+def test_cutout_zeroes_the_authors_clipped_square():
+    x = torch.ones(4, 2, 9, 9)
+    out = cutout(x, 4, generator(5))
+    gen = generator(5)
+    cy, cx = torch.randint(0, 9, (4,), generator=gen), torch.randint(0, 9, (4,), generator=gen)
+    for n in range(4):  # quark0/darts utils.Cutout
+        mask = np.ones((9, 9), np.float32)
+        y1, y2 = np.clip(cy[n].item() - 2, 0, 9), np.clip(cy[n].item() + 2, 0, 9)
+        x1, x2 = np.clip(cx[n].item() - 2, 0, 9), np.clip(cx[n].item() + 2, 0, 9)
+        mask[y1:y2, x1:x2] = 0.0
+        assert torch.equal(out[n], torch.from_numpy(mask).expand(2, 9, 9))
+
+
+def test_schedules_follow_the_authors():
+    cifar, _ = TrainConfig(epochs=10).resolved(resolve_architecture("DARTS_V2"))
+    assert [cifar.lr_at(e) for e in (0, 5)] == [0.025, pytest.approx(0.0125)]
+    imagenet, sources = TrainConfig(data="imagefolder", lr=0.2).resolved(resolve_architecture("DARTS_V2"))
+    assert imagenet.family == "imagenet" and imagenet.lr_at(3) == pytest.approx(0.2 * 0.97**3)
+    assert sources["lr"] == "user" and sources["label_smoothing"] == "authors" and imagenet.label_smoothing == 0.1
+    mbconv, _ = TrainConfig(epochs=250).resolved(Architecture("mbconv", {}))
+    assert mbconv.lr_at(0) == pytest.approx(0.2 / 5)  # TF-NAS warm-up
+    assert mbconv.lr_at(125) == pytest.approx(0.2 * (1 + math.cos(math.pi / 2)) / 2)
+
+
+# ---- the loop end to end ---------------------------------------------------------------------------------
+def test_a_derived_genotype_trains_on_digits_well_above_chance(tmp_path):
+    torch.manual_seed(0)
+    config = TrainConfig(arch="DARTS_V2", data="digits", C=8, layers=5, epochs=3, batch_size=64, lr=0.05,
+                         auxiliary=False, cutout_length=0, drop_path_prob=0.1)  # fmt: skip
+    result = run_train(config, tmp_path, **quiet)
+    assert result["test_acc"] > 0.8  # chance is 0.1; 3 epochs reach ~0.92
+    header = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["weight_decay"] == {"value": 3e-4, "source": "authors"}
+    assert header["settings"]["C"] == {"value": 8, "source": "user"}
+
+
+def test_resume_is_bitwise_identical_to_a_straight_run(tmp_path):
+    config = TrainConfig(arch="DARTS_V2", **TINY)
+    straight = run_train(config, tmp_path / "straight", **quiet)
+    run_train(config, tmp_path / "killed", stop_after=1, **quiet)
+    resumed = run_train(config, tmp_path / "killed", resume=True, **quiet)
+    assert resumed == straight
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["model"] for d in ("straight", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(FileExistsError):
+        run_train(config, tmp_path / "straight", **quiet)
+
+
+@pytest.mark.parametrize("kind", ["nb201", "mbconv"])
+def test_nb201_and_mbconv_networks_train(tmp_path, kind):
+    if kind == "nb201":
+        arch = NB201_ARCH
+    else:
+        arch = str(tmp_path / "tfnas.json")
+        (tmp_path / "tfnas.json").write_text(json.dumps({"config": tiny_mbconv_config()}))
+    config = TrainConfig(arch=arch, data="digits", C=4, layers=1, epochs=1, batch_size=32, max_steps_per_epoch=3)
+    result = run_train(config, tmp_path / "run", **quiet)
+    assert result["family"] == kind and 0 <= result["test_acc"] <= 1 and result["params_mb"] > 0
+
+
+def test_cli_train_writes_the_run_and_rejects_bad_input(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "DARTS_V1", "--data", "digits", "--C", "4", "--layers", "3", "--epochs", "1",
+            "--batch-size", "32", "--max-steps-per-epoch", "2", "--auxiliary", "false", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert {"log.jsonl", "checkpoint.pt", "result.json", "curves.png", "genotype.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert main(["train", "DARTS_V1", "--data", "digits", "--out", str(tmp_path / "aux")]) == 2
+    assert "auxiliary head" in capsys.readouterr().err
+    assert main(["train", "nonsense", "--out", str(tmp_path / "x")]) == 2
+
+
+# ---- the child network of a search -----------------------------------------------------------------------
+def test_eval_child_reports_supernet_child_and_recalibrated_child(tmp_path):
+    search = SearchConfig(space="darts", space_args={"C": 4, "layers": 3}, data="digits", data_args={"limit": 256},
+                          epochs=1, batch_size=32, max_steps_per_epoch=2, backend="reference")  # fmt: skip
+    run_search(search, tmp_path, **quiet)
+    result = eval_child(tmp_path, recal_batches=2, **quiet)
+    for key in ("supernet_acc", "child_acc", "child_recalibrated_acc"):
+        assert 0 <= result[key] <= 1
+    assert result["recal_batches"] == 2
+    assert json.loads((tmp_path / "eval_child.json").read_text()) == result
+    # search -> train: the run directory is a GENOTYPE
+    trained = run_train(TrainConfig(arch=str(tmp_path), **{**TINY, "epochs": 1}), tmp_path / "train", **quiet)
+    assert trained["family"] == "cifar"
+
+
+def test_child_weights_run_only_the_derived_ops():
+    from dnas_fast import build_space, build_strategy
+
+    space = build_space("darts", C=4, layers=3, backend="reference")
+    strategy = build_strategy("darts")
+    strategy.setup(space.arch_spec())
+    child = child_arch_weights(space, strategy)
+    genotype = strategy.derive(space)
+    for group, gene in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+        mask = child[group].mask
+        assert mask.sum() == len(gene) and mask.sum(1).max() == 1  # one op on each of the 2 edges per node
+        assert torch.equal(child[group].weights.bool().cpu(), mask)
