@@ -429,6 +429,9 @@ class Trainer:
         while self.epoch < last:
             start = time.perf_counter()
             train = self.train_epoch()
+            if self.world_size > 1:  # DDP syncs BN statistics only at the start of a forward: take rank 0's
+                for buffer in self.net.buffers():
+                    torch.distributed.broadcast(buffer, 0)
             test = evaluate(self.net, self.data.test, self.device, self.config.precision)
             self.epoch += 1
             record = {"epoch": self.epoch, **train, **test, "epoch_time": time.perf_counter() - start,

@@ -2,10 +2,13 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from dnas_fast.cli import main
 from dnas_fast.data.splits import generator
@@ -17,6 +20,7 @@ from dnas_fast.spaces.mbconv import MBConvSpace
 from dnas_fast.train import (
     Architecture,
     TrainConfig,
+    Trainer,
     child_arch_weights,
     cutout,
     eval_child,
@@ -24,6 +28,7 @@ from dnas_fast.train import (
     run_train,
 )
 from tests.authors_eval_layout import AuthorsNetworkEval
+from tests.test_distributed import free_port
 from tests.test_interop import randomize
 from tests.utils import assert_close
 
@@ -203,3 +208,42 @@ def test_child_weights_run_only_the_derived_ops():
         mask = child[group].mask
         assert mask.sum() == len(gene) and mask.sum(1).max() == 1  # one op on each of the 2 edges per node
         assert torch.equal(child[group].weights.bool().cpu(), mask)
+
+
+def test_divergence_stops_before_a_checkpoint_is_written(tmp_path):
+    config = TrainConfig(arch="DARTS_V2", **{**TINY, "lr": 1e38, "grad_clip": 0.0})
+    with pytest.raises(FloatingPointError, match="diverged in epoch 1"):
+        run_train(config, tmp_path, **quiet)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_bf16_and_channels_last_train(tmp_path):
+    config = TrainConfig(arch="DARTS_V2", **{**TINY, "epochs": 1, "precision": "bf16", "channels_last": True})
+    result = run_train(config, tmp_path, **quiet)
+    assert math.isfinite(result["test_loss"])
+
+
+def ddp_worker(rank, world_size, port, run_dir, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        config = TrainConfig(arch="DARTS_V2", **{**TINY, "batch_size": 16})
+        run_train(config, run_dir, rank=rank, world_size=world_size, stop_after=1, **quiet)
+        result = run_train(config, run_dir, resume=True, rank=rank, world_size=world_size, **quiet)
+        trainer = Trainer(config, run_dir, rank, world_size)
+        trainer.load(torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False))
+        torch.save({"result": result, "model": trainer.net.state_dict()}, os.path.join(results, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_train_the_same_network_and_only_rank0_writes(tmp_path):
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    results.mkdir()
+    mp.spawn(ddp_worker, args=(2, free_port(), str(run_dir), str(results)), nprocs=2, join=True)
+    r0, r1 = (torch.load(results / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["result"] == r1["result"]
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # header + one line per epoch across the resume, rank 0 only
