@@ -338,8 +338,6 @@ class Trainer:
         }  # fmt: skip
 
     def load(self, ckpt: dict) -> None:
-        if ckpt.get("format") != FORMAT:
-            raise CheckpointError(f"{self.checkpoint_path} is not a dnas-fast train checkpoint")
         ignore = ("device", "num_workers")
         stored = {k: v for k, v in ckpt["config"].items() if k not in ignore}
         clashes = {
@@ -468,6 +466,18 @@ def truncate_train_log(run_dir: Path, epochs_done: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def load_train_checkpoint(path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except Exception as err:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dnas-fast train checkpoint (expected format {FORMAT})")
+    return ckpt
+
+
 def run_train(config: TrainConfig, run_dir, resume=False, rank=0, world_size=1, log=print, stop_after=None) -> dict:
     """Train (or resume) in ``run_dir``; returns the result (test accuracy, params, MACs)."""
     run_dir = Path(run_dir)
@@ -475,10 +485,7 @@ def run_train(config: TrainConfig, run_dir, resume=False, rank=0, world_size=1, 
         raise FileExistsError(f"{run_dir} already holds a training run; pass --resume or pick a new --out")
     trainer = Trainer(config, run_dir, rank, world_size)
     if resume:
-        path = run_dir / "checkpoint.pt"
-        if not path.is_file():
-            raise CheckpointError(f"no checkpoint at {path}")
-        trainer.load(torch.load(path, map_location="cpu", weights_only=False))
+        trainer.load(load_train_checkpoint(run_dir / "checkpoint.pt"))
         if rank == 0:
             truncate_train_log(run_dir, trainer.epoch)
     return trainer.run(log=log, stop_after=stop_after)
@@ -591,7 +598,9 @@ def register_cli(subparsers) -> None:
     p.add_argument(
         "arch",
         metavar="GENOTYPE",
-        help="run dir, genotype.json, Genotype(...) string, known name (DARTS_V2, ...) or NB201 string",
+        nargs="?",
+        help="run dir, genotype.json, Genotype(...) string, known name (DARTS_V2, ...) or NB201 string "
+        "(not needed with --resume)",
     )
     parse = {int: int, float: float, bool: _bool, str: str, dict: _json_arg}
     for f in dataclasses.fields(TrainConfig):
@@ -618,13 +627,17 @@ def cmd_train(args) -> int:
         for f in dataclasses.fields(TrainConfig)
         if getattr(args, f.name, None) is not None
     }
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out RUN_DIR")
+        values = {**load_train_checkpoint(Path(args.out) / "checkpoint.pt")["config"], **values}
+    elif args.arch is None:
+        raise ValueError("GENOTYPE is required (or --resume --out RUN_DIR)")
     config = TrainConfig.from_dict(values)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(args.arch).name[:32])
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(config.arch).name[:32])
     out = args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out RUN_DIR")
     rank, world_size = distributed.init(config.device)
     try:
         result = run_train(

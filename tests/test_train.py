@@ -170,9 +170,14 @@ def test_nb201_and_mbconv_networks_train(tmp_path, kind):
 
 def test_cli_train_writes_the_run_and_rejects_bad_input(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "DARTS_V1", "--data", "digits", "--C", "4", "--layers", "3", "--epochs", "1",
-            "--batch-size", "32", "--max-steps-per-epoch", "2", "--auxiliary", "false", "--out", str(out)]  # fmt: skip
+    args = ["train", "DARTS_V1", "--data", "digits", "--C", "4", "--layers", "3", "--epochs", "2",
+            "--stop-after", "1", "--batch-size", "32", "--max-steps-per-epoch", "2", "--auxiliary", "false",
+            "--out", str(out)]  # fmt: skip
     assert main(args) == 0
+    assert main(["train", "--resume", "--out", str(out)]) == 0  # the stored settings, no GENOTYPE needed
+    assert json.loads((out / "result.json").read_text())["epochs"] == 2
+    assert main(["train", "--resume", "--out", str(out), "--lr", "0.5"]) == 2
+    assert "settings differ" in capsys.readouterr().err
     assert {"log.jsonl", "checkpoint.pt", "result.json", "curves.png", "genotype.png"} <= {
         p.name for p in out.iterdir()
     }
