@@ -9,7 +9,7 @@ effective value and whether it came from the authors or the user):
   scaled linearly by epoch, cutout 16, grad clip 5.
 * ``imagenet``: quark0/darts ``cnn/train_imagenet.py``: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 decayed
   by 0.97 every epoch, wd 3e-5, label smoothing 0.1, auxiliary 0.4, no drop path, grad clip 5.
-* ``nb201``: NAS-Bench-201 (AutoDL-Projects ``configs/nas-benchmark/hyper-opts/200E.config``): C=16, N=5,
+* ``nb201``: the NAS-Bench-201 paper's training setup (Dong & Yang, ICLR 2020, Sec. 2.4): C=16, N=5,
   200 epochs, batch 256, SGD 0.1 nesterov cosine to 0, wd 5e-4, no clipping.
 * ``mbconv``: AberHu/TF-NAS ``train_eval.py``: 250 epochs, batch 512, lr 0.2 cosine with 5 warm-up epochs,
   wd 1e-5, label smoothing 0.1, dropout 0.2, grad clip 5.
