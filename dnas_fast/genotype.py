@@ -28,12 +28,29 @@ def parse_darts_cell(scores: torch.Tensor, op_names: list[str], steps: int) -> l
     return gene
 
 
-def darts_genotype(normal, reduce, op_names, steps=4, multiplier=4) -> Genotype:
+def parse_top_pairs_cell(scores: torch.Tensor, op_names: list[str], steps: int) -> list[tuple[str, int]]:
+    """salesforce/PR-DARTS ``genotype._parse`` (``PRDARTS_search/search_model_prdarts_nasnet.py``, lines 139-153):
+    per node, the two strongest (op, input) pairs over all of its edges, ``none`` excluded, so both may read
+    the same input. Ties keep the authors' order (inputs, then ops)."""
+    scores = scores.detach().cpu().double()
+    candidates = [k for k, name in enumerate(op_names) if name != "none"]
+    if not candidates:
+        raise ValueError("cannot derive a cell from an op set with only 'none'")
+    gene, start = [], 0
+    for i in range(steps):
+        pairs = [(op_names[k], j, scores[start + j, k].item()) for j in range(i + 2) for k in candidates]
+        gene += [(op, j) for op, j, _ in sorted(pairs, key=lambda p: -p[2])[:2]]
+        start += i + 2
+    return gene
+
+
+def darts_genotype(normal, reduce, op_names, steps=4, multiplier=4, parse=parse_darts_cell) -> Genotype:
+    """``parse``: the per-cell rule, :func:`parse_darts_cell` (DARTS) or :func:`parse_top_pairs_cell` (PR-DARTS)."""
     concat = range(2 + steps - multiplier, steps + 2)
     return Genotype(
-        normal=parse_darts_cell(normal, op_names, steps),
+        normal=parse(normal, op_names, steps),
         normal_concat=concat,
-        reduce=parse_darts_cell(reduce, op_names, steps),
+        reduce=parse(reduce, op_names, steps),
         reduce_concat=concat,
     )
 

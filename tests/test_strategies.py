@@ -1,4 +1,5 @@
-"""Each strategy's mechanism (SNAS, DARTS-, ASAP, PR-DARTS, PC-DARTS) and a resumable CLI search for every one."""
+"""Each strategy's mechanism (SNAS, DARTS-, ASAP, PC-DARTS; PR-DARTS in test_pr_darts.py) and a resumable CLI
+search for every one."""
 
 import json
 import math
@@ -316,62 +317,6 @@ def test_asap_steps_get_faster_after_pruning():
     pruned = step_time()
     print(f"ASAP step time: all ops {full * 1e3:.1f} ms, pruned to one op {pruned * 1e3:.1f} ms")
     assert pruned < 0.7 * full
-
-
-# ---- PR-DARTS --------------------------------------------------------------------------------------
-
-
-def test_pr_darts_gate_distribution_and_clamp():
-    strategy, _, _ = tiny("pr-darts", dtype=torch.float64)
-    with torch.no_grad():
-        strategy.alphas["cell"].copy_(torch.linspace(-2, 2, 30, dtype=torch.float64).view(6, 5))
-    strategy.on_epoch_start(5, 10)
-    tau, alpha = strategy.tau(), strategy.alphas["cell"].detach()
-    assert tau == pytest.approx(10 - 9.9 * 5 / 9)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        g = torch.stack([strategy.gates("cell", noise=True) for _ in range(2000)])
-    assert g.min() >= 0 and g.max() <= 1
-    # hard-concrete: P(g = 0) = sigmoid(tau * logit(-gamma / (zeta - gamma)) - alpha), P(g = 1) likewise
-    logit = lambda q: math.log(q / (1 - q))  # noqa: E731
-    p0 = torch.sigmoid(tau * logit(0.1 / 1.2) - alpha)
-    p1 = 1 - torch.sigmoid(tau * logit(1.1 / 1.2) - alpha)
-    for name, emp, p in [("P(g=0)", (g == 0).double().mean(0), p0), ("P(g=1)", (g == 1).double().mean(0), p1)]:
-        assert ((emp - p).abs() < 4 * (p * (1 - p) / 2000).sqrt() + 1e-3).all(), name
-    assert_close("activation probability", strategy.activation_probability("cell").detach(), 1 - p0, atol=1e-12)
-
-
-def test_pr_darts_group_regularisers_are_hand_computed():
-    strategy, _, _ = tiny("pr-darts", dtype=torch.float64)
-    with torch.no_grad():
-        strategy.alphas["cell"].copy_(torch.randn(6, 5, dtype=torch.float64))
-    strategy.on_epoch_start(0, 10)  # tau = 10
-    P = torch.sigmoid(strategy.alphas["cell"].detach() - 10 * math.log(0.1 / 1.1))
-    # NB201 ops: none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3; chain edges 1<-0, 2<-1, 3<-2
-    skip, pool, nonskip = P[:, 1].mean(), P[:, 4].mean(), P[:, [0, 2, 3]].mean()
-    path = P[[0, 2, 5]][:, [2, 3]].mean(-1).prod()
-    hinge = lambda a: max(a.item() - 0.2, 0.0)  # noqa: E731
-    reg = 1.0 * hinge(skip) + 0.5 * (hinge(nonskip) + hinge(pool)) - 0.5 * path.item()
-    arch = strategy.arch_weights("arch")
-    assert strategy.extra_loss(arch, "arch").item() == pytest.approx(0.5 * reg, rel=1e-12)
-    assert strategy.extra_loss(arch, "weights") is None
-
-
-def test_pr_darts_closed_gates_are_not_run():
-    strategy, model, _ = tiny("pr-darts")
-    strategy.on_epoch_start(9, 10)  # tau = 0.1: gates near binary
-    arch = strategy.arch_weights("weights")
-    mask = arch["cell"].mask
-    assert (mask.sum(-1) <= 2).all() and arch["cell"].straight_through
-    assert_close("hard gates", arch["cell"].weights.detach(), mask.float(), atol=1e-6, rtol=0)
-    ops = [op for e in model.edges() for op in e._ops]
-    calls, handles = count_calls(ops)
-    model(batch()[0], arch)
-    for h in handles:
-        h.remove()
-    for e, edge in enumerate(model.edges()):
-        for k, op in enumerate(edge._ops):
-            assert calls[id(op)] == int(mask[e % 6, k])
 
 
 # ---- PC-DARTS --------------------------------------------------------------------------------------

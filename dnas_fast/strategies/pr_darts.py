@@ -1,20 +1,51 @@
 """PR-DARTS (Zhou, Xiong, Socher & Hoi, "Theory-Inspired Path-Regularized Differential Network Architecture
-Search", NeurIPS 2020).
+Search", NeurIPS 2020), as salesforce/PR-DARTS runs it: the search script its README runs,
+``PRDARTS_search/test_PRDARTS.py`` (``script`` below), whose arguments override the init values of the model
+``PRDARTS_search/search_model_prdarts_nasnet.py`` (``model``; script lines 110-112, 164-170).
 
-What the paper changes, with the authors' defaults (salesforce/PR-DARTS ``PRDARTS_search``):
-- a stochastic binary gate per op from the stretched hard-concrete relaxation (Louizos et al.):
-  ``s = sigmoid((alpha + log u - log(1 - u)) / tau)``, ``g = clamp(s * (zeta - gamma) + gamma, 0, 1)`` with
-  ``(gamma, zeta) = (-0.1, 1.1)`` and ``tau`` annealed linearly 10 -> 0.1 over the epochs; the ``top_k`` = 2
-  largest gates of an edge are opened (hard 1, straight-through gradient), the rest closed; a gate clamped to
-  0 is closed too. Closed ops are not run (MixedEdge mask, one host copy per step).
-- group-structured sparsity on the gate activation probabilities ``P(g > 0) = sigmoid(alpha - tau
-  log(-gamma / zeta))``: skip group, pooling group and the other ops, each a mean over edges and groups,
-  hinged at ``group_threshold`` = 0.2, weights ``lambda_skip`` = 1.0 and ``lambda_nonskip`` = 0.5 (pooling and
-  other ops), so skip connections do not win by unfair competition;
-- path-depth regularisation: minus ``lambda_path`` = 0.5 times the product, over the chain of edges
-  ``node_i <- node_{i-1}`` (the deepest path through the cell), of the mean activation probability of the
-  parametric ops; all times ``regular_lambda`` = 0.5, added to the architecture loss only.
-Regulariser means run over all ops of the group (the authors' code restricts them to the sampled ops).
+- Gates (model ``forward.get_gumbel_prob``, lines 260-303): per op a stretched hard-concrete gate
+  ``g = clamp(sigmoid((alpha + log u - log(1 - u)) / tau) * (zeta - gamma) + gamma, 0, 1)``, ``(gamma, zeta) =
+  (-0.1, 1.1)`` (script ``--a_min/--b_max``), ``tau`` linear ``1 -> 0.1`` as ``tau_max - (tau_max - tau_min) *
+  e / (E - 1)`` (script line 164, ``--tau_max 1 --tau_min 0.1`` lines 253-254).
+- Gate dropout (the ``dropout_pro > 0`` branch, model lines 290-302; script ``--dropout_pro 0.4``, line 268, set
+  every epoch): each gate is dropped with probability 0.4 by subtracting 1 from it, and the ``top_k`` = 2
+  (``--k``) highest of an edge open, ties broken by one random column permutation. So exactly ``top_k`` ops
+  run on every edge, even when gates sit at 0 or are dropped.
+- An open op's weight is a hard 1 with a straight-through gradient to its clamped gate; only open ops run
+  (``search_cells.py`` ``MixedOp.forward_prdarts``, lines 24-30, on ``nonzero(weights)``, line 72), so a closed op
+  gets no gradient at all.
+- Regulariser (model ``get_regularization``, lines 184-255) over the ops opened in the same forward pass:
+  activation probability ``P = sigmoid(alpha - tau log(-gamma / zeta))``; per cell type the mean of ``P`` over
+  the open ops of each group, skip (``skip_connect``), pooling, non-skip (every other op, ``none`` included), 0
+  for a group with no open op; each group averaged over the cell types, then reduced by ``group_threshold`` =
+  0.2 (``x - 0.2`` if ``x > 0.2`` else 0, lines 245-247). Path: on the chain ``node_i <- node_{i-1}``
+  (``0<-1, 1<-2, 2<-3, 3<-4``, line 220) and the conv ops only, the product over the chain edges with an open
+  conv op of their mean conv ``P`` (0 if none), averaged over the cell types. Loss ``lambda_skip * skip +
+  lambda_nonskip * (nonskip + pool) - lambda_path * path`` with (0.01, 0.005, 0.005) (``--regular_lambda1..3``,
+  lines 260-262), added as is to the architecture loss only (script line 52).
+- Genotype (model ``genotype``, lines 139-161): per node the top 2 (op, input) pairs over all its edges, ranked
+  by the per-edge softmax of the alphas, ``none`` excluded, so both may come from one edge
+  (:func:`~dnas_fast.genotype.parse_top_pairs_cell`).
+- Loop (``search_defaults``, ``configs/PRDARTS-NASNet-optimizer.config``): 200 epochs, batch 250, SGD lr 0.025
+  cosine to 0.001, momentum 0.9, weight decay 5e-4, Nesterov; alphas Adam 3e-4, (0.5, 0.999), wd 1e-3 (script
+  line 118, lines 251-252), the base defaults.
+
+Remaining deviations, with reasons:
+- Nesterov momentum (their config) is not in ``search_defaults``: ``SearchConfig`` has no such field yet.
+- The per-epoch validation (``eval`` phase, which the authors do not have) uses the noise-free gates (their
+  median), no dropout, and opens the ``top_k`` highest: a deterministic network for a comparable number.
+- On CUDA the tie-break permutation is drawn on the device (the authors draw it on the CPU and copy it over):
+  no host-to-device copy per step, same distribution.
+- ``gate_dropout=0`` opens the ``top_k`` highest gates with the same random tie-break; the authors' branch for it
+  (resample until a gate is non-zero, shuffle only when ``top_k`` gates sit at 1) is not reproduced.
+- Op groups are found by name (``skip_connect``; names with ``pool``; the path's names with ``conv``) and the
+  chain as the edges whose source is the previous node, so every space works; terms are averaged over the
+  space's edge groups (the authors' 0.5 for their two cell types). Ops outside an edge's allowed subset
+  (R-DARTS spaces) never open.
+- Their search network (D-X-Y's NASNet search cell, ``search_cells.py``, ``cell_operations.py``) is C=16 with 6
+  cells (``configs/PRDARTS-NASNet-archs.config``: N=2; ``--space-args '{"C": 16, "layers": 6}'`` here), its
+  pools have no BatchNorm and its BatchNorms keep no running statistics (``--track_running_stats 0``): these
+  belong to the search space, which stays the DARTS network.
 """
 
 import math
@@ -23,25 +54,31 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import ArchWeights
+from ..genotype import darts_genotype, parse_top_pairs_cell
+from ..spaces.darts_cell import DartsSpace
 from .base import masks_to_cpu, register_strategy, top_k_mask
 from .darts import Darts
 from .schedules import linear_anneal
+
+GROUP_TERMS = ("skip", "pool", "nonskip")
 
 
 @register_strategy
 class PrDarts(Darts):
     name = "pr-darts"
+    search_defaults = {"epochs": 200, "batch_size": 250, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
+                       "weight_decay": 5e-4}  # fmt: skip
 
     def __init__(
         self,
-        tau_max: float = 10.0,
+        tau_max: float = 1.0,
         tau_min: float = 0.1,
         stretch=(-0.1, 1.1),
         top_k: int = 2,
-        regular_lambda: float = 0.5,
-        lambda_skip: float = 1.0,
-        lambda_nonskip: float = 0.5,
-        lambda_path: float = 0.5,
+        gate_dropout: float = 0.4,
+        lambda_skip: float = 0.01,
+        lambda_nonskip: float = 0.005,
+        lambda_path: float = 0.005,
         group_threshold: float = 0.2,
         **kwargs,
     ):
@@ -49,9 +86,16 @@ class PrDarts(Darts):
         gamma, zeta = stretch
         if not gamma < 0 < 1 < zeta:
             raise ValueError(f"stretch (gamma, zeta) must satisfy gamma < 0 and zeta > 1, got {stretch}")
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if not 0 <= gate_dropout < 1:
+            raise ValueError(f"gate_dropout must be in [0, 1), got {gate_dropout}")
         self.tau_max, self.tau_min, self.gamma, self.zeta, self.top_k = tau_max, tau_min, gamma, zeta, top_k
-        self.regular_lambda, self.group_threshold = regular_lambda, group_threshold
+        self.gate_dropout, self.group_threshold = gate_dropout, group_threshold
         self.lambda_skip, self.lambda_nonskip, self.lambda_path = lambda_skip, lambda_nonskip, lambda_path
+        self._opened: dict[str, torch.Tensor] = {}  # device masks of the latest relax_all, for the regulariser
+        self._last_regularizer = None  # Tensor[] of the latest architecture step, read once per epoch
+        self._columns: dict = {}  # (group, device, dtype) -> op-group masks, built once (no copy per step)
 
     def tau(self) -> float:
         return linear_anneal(self.tau_max, self.tau_min, self.epoch, self.num_epochs)
@@ -62,70 +106,98 @@ class PrDarts(Darts):
         alpha = self.alphas[group]
         if noise:
             u = torch.rand_like(alpha)
-            alpha = alpha + u.log() - (-u).log1p()
-        g = (torch.sigmoid(alpha / self.tau()) * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+            alpha = alpha + torch.log(u) - torch.log(1 - u)
+        return (torch.sigmoid(alpha / self.tau()) * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def open_ops(self, group: str, gates: torch.Tensor, sample: bool) -> torch.Tensor:
+        """Bool ``[E, K]``: the ``top_k`` ops of each edge by gate, after gate dropout when ``sample``."""
+        scores = gates.detach()
+        if sample and self.gate_dropout > 0:
+            scores = scores - torch.bernoulli(torch.zeros_like(scores), self.gate_dropout)
         allowed = self.allowed(group)
-        return g if allowed is None else g * allowed
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        if sample:  # random tie-break: the same column permutation for every edge
+            perm = torch.randperm(scores.shape[-1], device=scores.device)
+            opened = torch.empty_like(scores, dtype=torch.bool)
+            opened[:, perm] = top_k_mask(scores[:, perm], self.top_k)
+        else:
+            opened = top_k_mask(scores, self.top_k)
+        return opened if allowed is None else opened & allowed
 
     def relax_all(self, phase: str) -> dict[str, ArchWeights]:
-        gates = {g: self.gates(g, noise=phase != "eval") for g in self.spec}
-        open_ = {}
-        for g, z in gates.items():
-            open_[g] = top_k_mask(z, self.top_k) & (z > 0)
-        masks = masks_to_cpu(open_)
-        return {
-            g: ArchWeights(open_[g].to(z.dtype) - z.detach() + z, mask=masks[g], straight_through=True)
-            for g, z in gates.items()
-        }
+        sample = phase != "eval"
+        gates, opened = {}, {}
+        for g in self.spec:  # per group: noise, dropout, permutation (the authors' draw order)
+            gates[g] = self.gates(g, noise=sample)
+            opened[g] = self.open_ops(g, gates[g], sample)
+        self._opened = opened
+        masks = masks_to_cpu(opened)
+        return {g: ArchWeights(opened[g].to(z.dtype) - z.detach() + z, mask=masks[g]) for g, z in gates.items()}
 
     # ---- regularisers ------------------------------------------------------------------------------
     def activation_probability(self, group: str) -> torch.Tensor:
         """``P(gate > 0) = sigmoid(alpha - tau * log(-gamma / zeta))``, Tensor[E, K]."""
         return torch.sigmoid(self.alphas[group] - self.tau() * math.log(-self.gamma / self.zeta))
 
-    def op_groups(self, group: str) -> dict[str, torch.Tensor]:
-        """Bool ``[K]`` per op group: skip, pooling, nonskip (everything else), parametric (nonskip minus none)."""
-        names = self.spec[group].op_names
-        skip = torch.tensor([n == "skip_connect" for n in names])
-        pool = torch.tensor(["pool" in n for n in names])
-        nonskip = ~skip & ~pool
-        return {
-            "skip": skip,
-            "pool": pool,
-            "nonskip": nonskip,
-            "parametric": nonskip & torch.tensor([n != "none" for n in names]),
-        }
+    def op_columns(self, group: str, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        """0/1 masks like ``like``: ``skip``, ``pool``, ``nonskip`` ``[K]``, and ``path`` ``[E, K]`` (conv ops on
+        the chain edges ``node_i <- node_{i-1}``)."""
+        key = (group, like.device, like.dtype)
+        if key not in self._columns:
+            spec = self.spec[group]
+            skip = torch.tensor([n == "skip_connect" for n in spec.op_names])
+            pool = torch.tensor(["pool" in n for n in spec.op_names])
+            conv = torch.tensor(["conv" in n for n in spec.op_names])
+            chain = torch.tensor([s == n - 1 for n, s in zip(spec.node_of_edge, spec.source_of_edge)])
+            cols = {"skip": skip, "pool": pool, "nonskip": ~skip & ~pool, "path": chain[:, None] & conv}
+            self._columns[key] = {k: v.to(like.device, like.dtype) for k, v in cols.items()}
+        return self._columns[key]
 
-    def regularizer_terms(self) -> dict[str, torch.Tensor]:
-        """Group activations (mean over edges, then over edge groups) and the path activation."""
-        terms = {"skip": 0.0, "pool": 0.0, "nonskip": 0.0, "path": 0.0}
-        for g, spec in self.spec.items():
+    def regularizer_terms(self, opened: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Group activations and the path activation over the ``opened`` ops (bool ``[E, K]`` per group),
+        before the threshold; no host sync."""
+        terms = dict.fromkeys((*GROUP_TERMS, "path"), 0.0)
+        for g in self.spec:
             P = self.activation_probability(g)
-            allowed = self.allowed(g)
-            allowed = torch.ones_like(P, dtype=torch.bool) if allowed is None else allowed
-            for name, cols in self.op_groups(g).items():
-                sel = allowed & cols.to(P.device)
-                if name != "parametric" and bool(sel.any()):
-                    terms[name] = terms[name] + (P * sel).sum() / sel.sum() / len(self.spec)
-            chain = [e for e, (n, s) in enumerate(zip(spec.node_of_edge, spec.source_of_edge)) if s == n - 1]
-            sel = (allowed & self.op_groups(g)["parametric"].to(P.device))[chain]
-            per_edge = (P[chain] * sel).sum(-1) / sel.sum(-1).clamp_min(1)
-            terms["path"] = terms["path"] + per_edge.prod() / len(self.spec)
+            cols = self.op_columns(g, P)
+            on = opened[g].to(P.dtype)
+            for name in GROUP_TERMS:
+                sel = on * cols[name]
+                count = sel.sum()
+                mean = torch.where(count > 0, (P * sel).sum() / count.clamp_min(1), 0.0)
+                terms[name] = terms[name] + mean / len(self.spec)
+            sel = on * cols["path"]
+            count = sel.sum(-1)  # open conv ops per edge; edges off the chain have none
+            per_edge = torch.where(count > 0, (P * sel).sum(-1) / count.clamp_min(1), 1.0)
+            path = torch.where((count > 0).any(), per_edge.prod(), 0.0)
+            terms["path"] = terms["path"] + path / len(self.spec)
         return terms
 
-    def regularizer(self) -> torch.Tensor:
-        t = self.regularizer_terms()
-        hinge = lambda a: F.relu(torch.as_tensor(a) - self.group_threshold)  # noqa: E731
-        return (
-            self.lambda_skip * hinge(t["skip"])
-            + self.lambda_nonskip * (hinge(t["nonskip"]) + hinge(t["pool"]))
-            - self.lambda_path * t["path"]
-        )
+    def regularizer(self, opened: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = self.regularizer_terms(opened)
+        skip, pool, nonskip = (F.relu(t[n] - self.group_threshold) for n in ("skip", "pool", "nonskip"))
+        return self.lambda_skip * skip + self.lambda_nonskip * (nonskip + pool) - self.lambda_path * t["path"]
 
     def extra_loss(self, arch, phase):
-        return self.regular_lambda * self.regularizer() if phase == "arch" else None
+        if phase != "arch":
+            return None
+        reg = self.regularizer(self._opened)  # the ops this step's relax_all opened
+        self._last_regularizer = reg.detach()
+        return reg
 
     def epoch_log(self) -> dict:
-        with torch.no_grad():
-            reg = float(self.regularizer())
-        return {**super().epoch_log(), "tau": self.tau(), "regularizer": reg}
+        log = {**super().epoch_log(), "tau": self.tau()}
+        if self._last_regularizer is not None:
+            log["regularizer"] = float(self._last_regularizer)
+        return log
+
+    # ---- derivation --------------------------------------------------------------------------------
+    def derive(self, space):
+        if not isinstance(space, DartsSpace):
+            return super().derive(space)
+        scores, cfg = self.scores(), space.config
+        return darts_genotype(
+            scores["normal"], scores["reduce"], cfg["op_names"], cfg["steps"], cfg["multiplier"],
+            parse=parse_top_pairs_cell,
+        )  # fmt: skip
