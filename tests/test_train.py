@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dnas_fast.cli import main
+from dnas_fast.data.evaluation import build_eval_data
+from dnas_fast.data.sources import CIFAR_STATS
 from dnas_fast.data.splits import generator
 from dnas_fast.genotype import NAMED_GENOTYPES, genotype_to_json
 from dnas_fast.interop import load_authors_eval_state
@@ -28,6 +31,7 @@ from dnas_fast.train import (
     run_train,
 )
 from tests.authors_eval_layout import AuthorsNetworkEval
+from tests.test_data import write_cifar, write_folder, write_npz
 from tests.test_distributed import free_port
 from tests.test_interop import randomize
 from tests.utils import assert_close
@@ -252,3 +256,45 @@ def test_two_gloo_ranks_train_the_same_network_and_only_rank0_writes(tmp_path):
     assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
     lines = (run_dir / "log.jsonl").read_text().splitlines()
     assert len(lines) == 3  # header + one line per epoch across the resume, rank 0 only
+
+
+# ---- test sets -------------------------------------------------------------------------------------------
+def test_test_sets_are_whole_unaugmented_and_normalised_with_the_training_statistics(tmp_path):
+    _, _, folder = write_cifar(tmp_path, "cifar10", per_batch=6)
+    data = build_eval_data("cifar10", root=tmp_path, batch_size=4)
+    with open(folder / "test_batch", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    ref = torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32)).float() / 255
+    mean, std = (torch.tensor(s)[:, None, None] for s in CIFAR_STATS["cifar10"])
+    order = data.test.shard(0)
+    x, y = (torch.cat(t) for t in zip(*data.test))
+    torch.testing.assert_close(x, ((ref - mean) / std)[order])
+    assert torch.equal(y, torch.tensor(batch[b"labels"])[order]) and len(data.train.indices) == 30
+    write_npz(tmp_path / "no_test.npz", (8, 8))
+    with pytest.raises(ValueError, match="x_test"):
+        build_eval_data("npz", root=tmp_path / "no_test.npz", batch_size=2)
+    digits = build_eval_data("digits", batch_size=64)
+    assert set(digits.train.indices.tolist()).isdisjoint(digits.test.indices.tolist())
+
+
+def test_imagefolder_trains_the_imagenet_network_on_its_val_folder(tmp_path):
+    write_folder(tmp_path / "train")
+    write_folder(tmp_path / "val")
+    config = TrainConfig(
+        arch="PC_DARTS_image",
+        data="imagefolder",
+        data_root=str(tmp_path),
+        data_args={"image_size": 32},
+        C=8,
+        layers=3,
+        epochs=1,
+        batch_size=4,
+        auxiliary=False,
+    )
+    result = run_train(config, tmp_path / "run", **quiet)
+    header = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert result["family"] == "imagenet" and header["settings"]["label_smoothing"]["value"] == 0.1
+    (tmp_path / "noval").mkdir()
+    write_folder(tmp_path / "noval" / "train")
+    with pytest.raises(FileNotFoundError, match="val"):
+        build_eval_data("imagefolder", root=tmp_path / "noval", batch_size=2)
