@@ -57,8 +57,15 @@ def test_darts_v2_cifar10_has_the_published_3_3m_parameters_without_the_auxiliar
     assert 500 < count_macs_m(net, (1, 3, 32, 32)) < 560  # conv + linear multiply-adds of one 32x32 image
 
 
-def test_darts_v2_imagenet_has_the_published_4_7m_parameters():
-    assert round(count_parameters_mb(NetworkImageNet(48, 1000, 14, True, NAMED_GENOTYPES["DARTS_V2"])), 1) == 4.7
+@pytest.mark.parametrize(
+    "name,imagenet,published",
+    [("PC_DARTS_cifar", False, 3.6), ("PDARTS", False, 3.4), ("DARTS_V2", True, 4.7), ("PC_DARTS_image", True, 5.3),
+     ("PDARTS", True, 4.9)],
+)  # fmt: skip
+def test_published_parameter_counts(name, imagenet, published):
+    """PC-DARTS Tables 1 and 3, P-DARTS Tables 1 and 3, DARTS Table 3 (M parameters, auxiliary head excluded)."""
+    network, C, classes, layers = (NetworkImageNet, 48, 1000, 14) if imagenet else (NetworkCIFAR, 36, 10, 20)
+    assert round(count_parameters_mb(network(C, classes, layers, True, NAMED_GENOTYPES[name])), 1) == published
 
 
 # ---- architectures ---------------------------------------------------------------------------------------
