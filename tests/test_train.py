@@ -27,6 +27,7 @@ from dnas_fast.train import (
     child_arch_weights,
     cutout,
     eval_child,
+    recalibrate_bn,
     resolve_architecture,
     run_train,
 )
@@ -198,9 +199,11 @@ def test_cli_train_writes_the_run_and_rejects_bad_input(tmp_path, capsys):
 
 
 # ---- the child network of a search -----------------------------------------------------------------------
-def test_eval_child_reports_supernet_child_and_recalibrated_child(tmp_path):
-    search = SearchConfig(space="darts", space_args={"C": 4, "layers": 3}, data="digits", data_args={"limit": 256},
-                          epochs=1, batch_size=32, max_steps_per_epoch=2, backend="reference")  # fmt: skip
+@pytest.mark.parametrize("space,space_args,family", [("darts", {"C": 4, "layers": 3}, "cifar"),
+                                                     ("nb201", {"C": 4, "N": 1}, "nb201")])  # fmt: skip
+def test_eval_child_reports_supernet_child_and_recalibrated_child(tmp_path, space, space_args, family):
+    search = SearchConfig(space=space, space_args=space_args, data="digits", data_args={"limit": 256}, epochs=1,
+                          batch_size=32, max_steps_per_epoch=2, backend="reference")  # fmt: skip
     run_search(search, tmp_path, **quiet)
     result = eval_child(tmp_path, recal_batches=2, **quiet)
     for key in ("supernet_acc", "child_acc", "child_recalibrated_acc"):
@@ -208,8 +211,24 @@ def test_eval_child_reports_supernet_child_and_recalibrated_child(tmp_path):
     assert result["recal_batches"] == 2
     assert json.loads((tmp_path / "eval_child.json").read_text()) == result
     # search -> train: the run directory is a GENOTYPE
-    trained = run_train(TrainConfig(arch=str(tmp_path), **{**TINY, "epochs": 1}), tmp_path / "train", **quiet)
-    assert trained["family"] == "cifar"
+    trained = run_train(TrainConfig(arch=str(tmp_path), **{**TINY, "epochs": 1}), tmp_path / "t", **quiet)
+    assert trained["family"] == family
+
+
+def test_bn_recalibration_is_the_exact_average_over_the_batches():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x, arch):
+            return self.bn(x)
+
+    net, batches = Net(), [(torch.randn(4, 3, 2, 2) + k, None) for k in range(3)]
+    net.bn.running_mean.fill_(7.0)
+    assert recalibrate_bn(net, batches, "cpu", None) == 3
+    torch.testing.assert_close(net.bn.running_mean, torch.stack([x.mean((0, 2, 3)) for x, _ in batches]).mean(0))
+    assert net.bn.momentum == 0.1
 
 
 def test_child_weights_run_only_the_derived_ops():
