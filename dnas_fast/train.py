@@ -11,12 +11,13 @@ effective value and whether it came from the authors or the user):
   by 0.97 every epoch, wd 3e-5, label smoothing 0.1, auxiliary 0.4, no drop path, grad clip 5.
 * ``nb201``: the NAS-Bench-201 paper's training setup (Dong & Yang, ICLR 2020, Sec. 2.4): C=16, N=5,
   200 epochs, batch 256, SGD 0.1 nesterov cosine to 0, wd 5e-4, no clipping.
-* ``mbconv``: AberHu/TF-NAS ``train_eval.py``: 250 epochs, batch 512, lr 0.2 cosine with 5 warm-up epochs,
-  wd 1e-5, label smoothing 0.1, dropout 0.2, grad clip 5.
+* ``mbconv``: AberHu/TF-NAS ``train_eval.py``: 250 epochs, batch 512, lr 0.2 cosine with 5 linear warm-up
+  epochs (only for batches above 256, as theirs), wd 1e-5, label smoothing 0.1, dropout 0.2, grad clip 5.
 
-Deviations: one test pass per epoch on every rank (the test set is not sharded, so every rank reports the
-same number); each rank draws the same drop-path masks (same seed; the authors train on one GPU);
-TF-NAS's drop-connect (0.2) is not built.
+Deviations: the ImageNet family trains with the search loader's RandomResizedCrop + flip, without the
+authors' ColorJitter(0.4, 0.4, 0.4, 0.2); one test pass per epoch on every rank (the test set is not sharded,
+so every rank reports the same number); each rank draws the same drop-path masks (same seed; the authors
+train on one GPU); TF-NAS's drop-connect (0.2) is not built.
 """
 
 import dataclasses
@@ -197,6 +198,8 @@ class TrainConfig:
             sources[key] = "user" if values[key] is not None else "authors"
             if values[key] is None:
                 values[key] = default
+        if family == "mbconv" and sources["warmup_epochs"] == "authors" and values["batch_size"] <= 256:
+            values["warmup_epochs"] = 0  # TF-NAS warms up only batches above 256
         values["family"] = family
         config = TrainConfig(**values)
         config.validate()

@@ -140,7 +140,8 @@ def test_schedules_follow_the_authors():
     assert imagenet.family == "imagenet" and imagenet.lr_at(3) == pytest.approx(0.2 * 0.97**3)
     assert sources["lr"] == "user" and sources["label_smoothing"] == "authors" and imagenet.label_smoothing == 0.1
     mbconv, _ = TrainConfig(epochs=250).resolved(Architecture("mbconv", {}))
-    assert mbconv.lr_at(0) == pytest.approx(0.2 / 5)  # TF-NAS warm-up
+    assert mbconv.lr_at(0) == pytest.approx(0.2 / 5)  # TF-NAS warm-up of batches above 256
+    assert TrainConfig(batch_size=256).resolved(Architecture("mbconv", {}))[0].warmup_epochs == 0
     assert mbconv.lr_at(125) == pytest.approx(0.2 * (1 + math.cos(math.pi / 2)) / 2)
 
 
