@@ -294,6 +294,7 @@ def _cuda_peak(device, step) -> float:
 def build_search_step(cfg: dict):
     """A first- or second-order DARTS step (arch step on a validation batch, then a weight step) on the DARTS
     supernet (``layers`` cells, ``C`` channels, ``H`` x ``H`` inputs) with every edge on ``provider``."""
+    from .precision import Precision
     from .spaces import build_space
     from .strategies import StepContext, build_strategy
 
@@ -302,16 +303,23 @@ def build_search_step(cfg: dict):
     os.environ.pop(_backend.ENV_VAR, None)  # it would override the per-space backend of every provider
     device = torch.device(cfg.get("device", "cpu"))
     torch.manual_seed(0)
-    space = build_space("darts", C=cfg.get("C", 16), layers=cfg.get("layers", 8), backend=backend).to(device)
+    imagenet = cfg.get("imagenet", False)  # the ImageNet stem, 1000 classes; pc: PC-DARTS partial channels K
+    layout = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
+    classes = 1000 if imagenet else 10
+    space = build_space("darts", C=cfg.get("C", 16), layers=cfg.get("layers", 8), backend=backend,
+                        imagenet=imagenet, num_classes=classes, partial_channels=cfg.get("pc", 1))  # fmt: skip
+    space.to(device, memory_format=layout)
     strategy = build_strategy("darts", order=cfg.get("order", 1))
     strategy.setup(space.arch_spec(), device)
     w_opt = torch.optim.SGD(space.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     ctx = StepContext(model=space, module=space, criterion=torch.nn.CrossEntropyLoss(), w_optimizer=w_opt,
-                      a_optimizer=strategy.make_arch_optimizer(), lr=0.025)  # fmt: skip
+                      a_optimizer=strategy.make_arch_optimizer(), lr=0.025,
+                      precision=Precision(cfg.get("precision", "fp32"), device))  # fmt: skip
     N, H = cfg["batch"], cfg.get("H", 32)
 
     def batch():
-        return torch.randn(N, 3, H, H, device=device), torch.randint(0, 10, (N,), device=device)
+        x = torch.randn(N, 3, H, H, device=device).contiguous(memory_format=layout)
+        return x, torch.randint(0, classes, (N,), device=device)
 
     train, valid = batch(), batch()
 
@@ -319,7 +327,7 @@ def build_search_step(cfg: dict):
         strategy.arch_step(ctx, train, valid)
         strategy.weight_step(ctx, train)
 
-    step.space, step.strategy, step.train = space, strategy, train
+    step.space, step.strategy, step.train, step.ctx = space, strategy, train, ctx
     return step
 
 
@@ -328,7 +336,8 @@ def search_step_saved_bytes(step) -> int:
     x, y = step.train
     arch = step.strategy.arch_weights("weights")
     exclude = [*step.space.parameters(), *step.space.buffers(), *step.strategy.parameters()]
-    return saved_tensor_bytes(lambda: F.cross_entropy(step.space(x, arch), y), exclude=exclude)
+    with step.ctx.precision.autocast():
+        return saved_tensor_bytes(lambda: F.cross_entropy(step.space(x, arch), y), exclude=exclude)
 
 
 def bench_search_step(cfg: dict, providers, rounds=2) -> list[dict]:
@@ -407,9 +416,10 @@ def max_batch_cuda(cfg: dict, provider: str, hi=4096) -> int:
 
 COLUMNS = ["bench", "provider", "mode", "ops", "mask", "C", "H", "W", "batch", "stride", "pc", "layers", "order",
            "dtype", "median_ms",
+           "imagenet", "precision", "channels_last",
            "p20_ms", "p80_ms", "reps", "saved_bytes", "saved_bytes_per_sample", "baseline_rss_mb", "peak_rss_mb",
            "step_rss_mb", "peak_alloc_mb", "max_batch", "first_call_s", "note", "device", "torch", "git_sha", "date",
-           "load_avg_1m"]  # fmt: skip
+           "load_avg_1m", "samples_per_s", "protocol_hours"]  # fmt: skip
 
 
 def write_rows(rows, path: Path) -> None:

@@ -43,7 +43,7 @@ SEARCH_FLAGS = {
     "space": str, "space_args": _json_arg, "strategy": str, "strategy_args": _json_arg, "data": str,
     "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": int, "train_portion": float,
     "lr": float, "weight_decay": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int,
-    "num_workers": int,
+    "num_workers": int, "precision": str,
 }  # fmt: skip
 
 
@@ -52,6 +52,7 @@ def add_search_parser(sub):
     for name, kind in SEARCH_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
+    p.add_argument("--channels-last", action="store_true", default=None, help="network and batches channels_last")
     p.add_argument("--config", help="JSON or TOML file with SearchConfig fields; flags override it")
     p.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
@@ -65,7 +66,8 @@ def add_search_parser(sub):
 def search_config(args):
     from .search import SearchConfig, config_from_checkpoint
 
-    typed = {name: getattr(args, name) for name in [*SEARCH_FLAGS, "deterministic"] if getattr(args, name) is not None}
+    names = [*SEARCH_FLAGS, "deterministic", "channels_last"]
+    typed = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     for flag in ("latency_target", "latency_table"):
         if getattr(args, flag) is not None:
             typed.setdefault("strategy_args", {})[flag] = getattr(args, flag)

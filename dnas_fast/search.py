@@ -27,6 +27,7 @@ from .checkpoint import (
 )
 from .data import build_search_data
 from .genotype import Genotype, genotype_to_json
+from .precision import PRECISIONS, Precision
 from .spaces import build_space
 from .strategies import StepContext, build_strategy
 
@@ -54,6 +55,8 @@ class SearchConfig:
     backend: str | None = None
     max_steps_per_epoch: int | None = None
     num_workers: int = 0
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast of the forward; fp16 adds loss scaling)
+    channels_last: bool = False  # network and batches in torch.channels_last
 
     @classmethod
     def from_dict(cls, values: dict) -> "SearchConfig":
@@ -73,6 +76,8 @@ class SearchConfig:
             raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
         if self.lr <= 0 or self.lr_min < 0:
             raise ValueError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         for name in ("space_args", "strategy_args", "data_args"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -123,6 +128,9 @@ class Searcher:
         if config.backend is not None:
             space_args["backend"] = config.backend
         self.space = build_space(config.space, **self.strategy.adapt_space_config(space_args)).to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.space.to(memory_format=self.memory_format)
+        self.precision = Precision(config.precision, self.device)
         self.strategy.setup(self.space.arch_spec(), self.device)
         self.model = distributed.wrap(self.space) if world_size > 1 else self.space
         self.criterion = nn.CrossEntropyLoss()
@@ -152,6 +160,7 @@ class Searcher:
             "a_optimizer": None if self.a_optimizer is None else self.a_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
+            "precision": self.precision.state_dict(),
         }
 
     def save(self) -> None:
@@ -177,6 +186,7 @@ class Searcher:
             if self.a_optimizer is not None:
                 self.a_optimizer.load_state_dict(ckpt["a_optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.precision.load_state_dict(ckpt.get("precision", {}))
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint does not fit this search: {err}") from err
         set_rng_state(ckpt["rng"])
@@ -188,7 +198,12 @@ class Searcher:
             model=self.model, module=self.space, criterion=self.criterion, w_optimizer=self.w_optimizer,
             a_optimizer=self.a_optimizer, lr=self.scheduler.get_last_lr()[0], grad_clip=self.config.grad_clip,
             epoch=self.epoch, sync_grads=distributed.all_reduce_grads if self.world_size > 1 else (lambda p: None),
+            precision=self.precision,
         )  # fmt: skip
+
+    def batches(self, split):
+        """``split``'s batches on the device, in the network's memory format, the next one prefetched."""
+        return split.to_device(self.device, self.memory_format)
 
     def train_epoch(self) -> dict:
         config, strategy = self.config, self.strategy
@@ -198,22 +213,21 @@ class Searcher:
         self.space.train()
         ctx = self.context()
         steps = len(self.data.train) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
-        valid_iter = iter(self.data.valid)
+        valid_iter = self.batches(self.data.valid)
         total_loss, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         bar = tqdm(
-            zip(range(steps), self.data.train), total=min(steps, len(self.data.train)),
+            zip(range(steps), self.batches(self.data.train)), total=min(steps, len(self.data.train)),
             desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=None if self.rank == 0 else True, leave=False,
         )  # fmt: skip
         start = time.perf_counter()
         for _, (x, y) in bar:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if strategy.bilevel and not strategy.arch_frozen():
                 try:
                     xv, yv = next(valid_iter)
                 except StopIteration:
-                    valid_iter = iter(self.data.valid)
+                    valid_iter = self.batches(self.data.valid)
                     xv, yv = next(valid_iter)
-                strategy.arch_step(ctx, (x, y), (xv.to(self.device), yv.to(self.device)))
+                strategy.arch_step(ctx, (x, y), (xv, yv))
             loss, logits = strategy.weight_step(ctx, (x, y))
             total_loss += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -228,9 +242,9 @@ class Searcher:
         self.space.eval()
         arch = self.strategy.arch_weights("eval")
         total_loss, correct, seen = 0.0, 0, 0
-        for x, y in self.data.valid:
-            x, y = x.to(self.device), y.to(self.device)
-            logits = self.space(x, arch)
+        for x, y in self.batches(self.data.valid):
+            with self.precision.autocast():
+                logits = self.space(x, arch)
             total_loss += self.criterion(logits, y).item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)

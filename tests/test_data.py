@@ -14,8 +14,8 @@ from sklearn.datasets import load_digits
 from dnas_fast.data import build_search_data, known_datasets
 from dnas_fast.data.augment import random_resized_crop_box
 from dnas_fast.data.splits import generator
+from tests.utils import CIFAR_SUBSET
 
-CIFAR_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset" / "cifar10_subset.npz"
 CIFAR_MEAN = torch.tensor([0.49139968, 0.48215827, 0.44653124])[:, None, None]
 CIFAR_STD = torch.tensor([0.24703233, 0.24348505, 0.26158768])[:, None, None]
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -293,6 +293,42 @@ def test_imagefolder_augmentation_is_deterministic_across_workers(tmp_path):
     assert not torch.allclose(a[0], cat(plain.train, 1)[0])  # augmentation changed the images
     assert torch.equal(cat(plain.train, 1)[1], a[1])  # ...but not the labels
     assert not torch.equal(a[0], cat(serial.train, 2)[0])
+
+
+def test_imagefolder_sends_uint8_and_normalises_where_the_batch_lands(tmp_path):
+    colours = write_folder(tmp_path / "train")
+    kw = dict(batch_size=2, image_size=12, imagenet_train_fraction=0.5, imagenet_valid_fraction=0.25)
+    split = build_search_data("imagefolder", root=tmp_path, augment=False, **kw).train
+    raw, y = next(iter(split.raw_batches()))
+    assert raw.dtype == torch.uint8 and raw.shape == (2, 12, 12, 3), "a quarter of float32's bytes in the pipe"
+    x, y_iter = next(iter(split))
+    assert torch.equal(y, y_iter) and x.is_contiguous()
+    expected = (raw.permute(0, 3, 1, 2).double() / 255 - IMAGENET_MEAN.double()) / IMAGENET_STD.double()
+    torch.testing.assert_close(x, expected.float(), atol=1e-6, rtol=1e-6)
+    colour = torch.tensor(colours[["cat", "dog"][y[0]]])[:, None, None] / 255
+    torch.testing.assert_close(x[0], ((colour - IMAGENET_MEAN) / IMAGENET_STD).expand(3, 12, 12), atol=0.05, rtol=0)
+    x_cl, y_cl = next(iter(split.to_device("cpu", torch.channels_last)))
+    assert x_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(y_cl, y)
+    torch.testing.assert_close(x_cl, x, atol=0, rtol=0)
+
+
+def test_imagefolder_workers_persist_across_epochs(tmp_path):
+    write_folder(tmp_path / "train")
+    kw = dict(batch_size=2, image_size=12, imagenet_train_fraction=0.5, imagenet_valid_fraction=0.25)
+    split = build_search_data("imagefolder", root=tmp_path, num_workers=1, **kw).train
+    pids = []
+    for epoch in range(2):
+        split.set_epoch(epoch)
+        batches = cat(split, epoch)
+        pids.append([w.pid for w in split._loader._iterator._workers])
+    assert pids[0] == pids[1] and len(pids[0]) == 1, "the worker processes must survive the epoch"
+    assert batches[0].shape == (4, 3, 12, 12)
+
+
+def test_device_batches_match_plain_iteration_for_in_memory_sets():
+    split = build_search_data("digits", batch_size=64, limit=300).train
+    for (a, ya), (b, yb) in zip(split, split.to_device("cpu")):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
 def test_random_resized_crop_box_stays_inside():

@@ -1,5 +1,8 @@
 """Shared test helpers."""
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
 
@@ -37,3 +40,23 @@ def combine_with_kernel_vjp(prims, stride, coef3, w_skip):
             return prims.pool_combine_backward(x, g.contiguous(), stride, coef6, w_skip)
 
     return Combine.apply
+
+
+# The real CIFAR-10 training subset in shared/ beside the repository (see its README.md).
+CIFAR_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset" / "cifar10_subset.npz"
+
+
+def write_jpeg_folder(root: Path, per_class: int, side: int, npz: Path = CIFAR_SUBSET, quality: int = 90) -> Path:
+    """An ImageNet-style folder ``root/train/<class>/<i>.jpg`` of the first ``per_class`` real photos of each
+    class of ``npz`` (x_train uint8 [N, H, W, 3], y_train, classes), bicubic-upscaled to ``side`` x ``side``."""
+    from PIL import Image
+
+    with np.load(npz) as f:
+        x, y, classes = f["x_train"], f["y_train"], f["classes"]
+    for c, name in enumerate(classes):
+        folder = root / "train" / str(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, k in enumerate(np.flatnonzero(y == c)[:per_class]):
+            img = Image.fromarray(x[k]).resize((side, side), Image.Resampling.BICUBIC)
+            img.save(folder / f"{i}.jpg", quality=quality)
+    return root

@@ -47,7 +47,8 @@ def sample_per_class(labels: torch.Tensor, train_fraction: float, valid_fraction
 
 
 class FolderImages(Dataset):
-    """``dataset[(index, epoch)]`` -> ``(x Tensor[3, S, S] float32 normalised, label int)``.
+    """``dataset[(index, epoch)]`` -> ``(x Tensor[S, S, 3] uint8, label int)``: decoded and cropped, not yet
+    normalised, so a quarter of float32's bytes crosses from the workers (``FolderSplit.finish`` normalises).
 
     With ``augment``: ``RandomResizedCrop(S)`` + ``RandomHorizontalFlip`` drawn from a generator seeded by
     ``(seed, epoch, index)``, so worker count and order never change an image. Without: resize the short side
@@ -57,7 +58,6 @@ class FolderImages(Dataset):
     def __init__(self, paths, labels: torch.Tensor, image_size: int, augment: bool, seed: int):
         self.paths, self.labels = paths, labels.tolist()
         self.image_size, self.augment, self.seed = image_size, augment, seed
-        self.mean, self.std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,17 +78,48 @@ class FolderImages(Dataset):
             img = img.resize((max(S, round(img.width * k)), max(S, round(img.height * k))), Image.Resampling.BILINEAR)
             left, top = (img.width - S) // 2, (img.height - S) // 2
             img = img.crop((left, top, left + S, top + S))
-        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float() / 255
-        return (x - self.mean) / self.std, self.labels[index]
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()), self.labels[index]
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """The ``(index, epoch)`` keys of the current epoch; one sampler for the loader's whole life, so its
+    (persistent) workers survive from epoch to epoch."""
+
+    def __init__(self):
+        self.keys = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class FolderSplit(Split):
-    """One search split of a ``FolderImages`` set, loaded by a ``DataLoader`` with ``num_workers`` processes."""
+    """One search split of a ``FolderImages`` set, loaded by a ``DataLoader`` with ``num_workers`` persistent
+    processes and pinned batches when CUDA is present; batches travel as uint8 ``[B, S, S, 3]`` and ``finish``
+    normalises them on whatever device they reach (``to_device``: on the GPU)."""
 
     def __init__(self, dataset: FolderImages, indices, *, num_workers: int, **split_args):
         super().__init__(indices, **split_args)
         self.dataset, self.num_workers = dataset, num_workers
+        self._keys = _EpochKeys()
+        self._loader = DataLoader(
+            dataset, batch_size=self.batch_size, sampler=self._keys, num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+        )  # fmt: skip
+        self._stats = {}  # device -> (255 * mean, 255 * std) as Tensor[1, 3, 1, 1]
 
     def _batches(self, order: torch.Tensor, epoch: int, first_batch: int):
-        keys = [(i, epoch) for i in order.tolist()]
-        return iter(DataLoader(self.dataset, batch_size=self.batch_size, sampler=keys, num_workers=self.num_workers))
+        self._keys.keys = [(i, epoch) for i in order.tolist()]
+        return iter(self._loader)
+
+    def finish(self, x: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """uint8 ``[B, S, S, 3]`` -> float32 ``[B, 3, S, S]`` normalised with the ImageNet mean / std. The layout
+        changes while the pixels are uint8 (channels_last: not at all, ``[B, S, S, 3]`` is that layout)."""
+        if x.device not in self._stats:
+            mean, std = (255 * torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            self._stats[x.device] = mean, std
+        mean, std = self._stats[x.device]
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+        return x.float().sub_(mean).div_(std)

@@ -70,8 +70,23 @@ class Split:
         return self.indices[perm[self.rank : self.shard_size * self.world_size : self.world_size]]
 
     def __iter__(self):
+        return ((self.finish(x), y) for x, y in self.raw_batches())
+
+    def to_device(self, device, memory_format=torch.contiguous_format):
+        """This epoch's batches on ``device``, finished there (:class:`~.prefetch.DeviceBatches`: on CUDA the
+        next batch is copied and normalised on a side stream while the current step runs)."""
+        from .prefetch import DeviceBatches
+
+        return DeviceBatches(self.raw_batches(), self.finish, torch.device(device), memory_format)
+
+    def raw_batches(self):
+        """This epoch's batches as they leave the loader (``finish`` turns ``x`` into network input)."""
         order = self.shard(self.epoch)[self.start_batch * self.batch_size :]
         return self._batches(order, self.epoch, self.start_batch)
+
+    def finish(self, x: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+        """Raw batch -> ``Tensor[B, C, S, S]`` float32 normalised in ``memory_format``, on x's device."""
+        return x.contiguous(memory_format=memory_format)
 
     def _batches(self, order: torch.Tensor, epoch: int, first_batch: int):
         raise NotImplementedError

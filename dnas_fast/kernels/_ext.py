@@ -5,11 +5,13 @@ Contract and plain-PyTorch reference: ``pool_combine_ref.py`` (same argument ord
 
 - ``w_skip`` is a ``Tensor[]`` (any floating dtype, on x's device) or ``None`` (schema ``Tensor? w_skip``); it is
   only defined at stride 1. ``coef`` may have any floating dtype; it is cast to x's math dtype.
-- Maps come back NCHW-contiguous in x's dtype, whatever x's layout (channels_last and strided inputs are copied to
-  NCHW first). Per-channel sums come back in x's math dtype (float32 for float16/bfloat16/float32 inputs, float64
-  for float64) and are accumulated in float64 on the CPU, in the math dtype on CUDA, in a fixed order
-  (deterministic).
-- CPU: float32, float64. CUDA (when the extension was built with nvcc): also float16, bfloat16.
+- The kernels read and write NCHW: a channels_last or strided x (and g) is copied to NCHW inside the op, and the
+  maps are copied back to channels_last when x is channels_last (so a --channels-last network stays so).
+- Per-channel sums come back in x's math dtype (float32 for float16/bfloat16/float32 inputs, float64 for float64)
+  and are accumulated in float64 on the CPU, in the math dtype on CUDA, in a fixed order (deterministic).
+- CUDA (when the extension was built with nvcc): float32, float64, float16, bfloat16 (opmath accumulation). CPU
+  kernels: float32, float64; float16 / bfloat16 inputs (autocast) run them on a transient float32 copy of x and g,
+  and maps come back in x's dtype.
 - Bad inputs raise ``RuntimeError`` naming what was expected and what was got.
 
 Example::
@@ -53,22 +55,34 @@ def available(device: torch.device | str) -> bool:
     return False
 
 
+def _cpu_math(t: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 CPU tensors as float32 (the CPU kernels' dtypes); everything else unchanged."""
+    return t.float() if t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _like(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A map of the kernels in x's dtype, channels_last if x is."""
+    cl = torch.channels_last
+    layout = cl if x.is_contiguous(memory_format=cl) and not x.is_contiguous() else torch.contiguous_format
+    return out.to(x.dtype).contiguous(memory_format=layout)
+
+
 def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]) -> Tensor[4, C]: per-channel sum and sum of squares of maxpool3x3(x), then
     avgpool3x3(x) (padding 1, ``stride``)."""
-    return torch.ops.dnas_fast.pool_stats.default(x, stride)
+    return torch.ops.dnas_fast.pool_stats.default(_cpu_math(x), stride)
 
 
 def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
     """x (Tensor[N, C, H, W]), coef (Tensor[3, C]) = (s_max, s_avg, bias), w_skip (Tensor[] or None, stride 1
     only) -> Tensor[N, C, H', W'] = s_max * maxpool(x) + s_avg * avgpool(x) + bias + w_skip * x."""
-    return torch.ops.dnas_fast.pool_combine.default(x, stride, coef, w_skip)
+    return _like(x, torch.ops.dnas_fast.pool_combine.default(_cpu_math(x), stride, coef, w_skip))
 
 
 def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]), g (Tensor[N, C, H', W']) -> Tensor[3, C]: per-channel sum(g), sum(g * maxpool(x)),
     sum(g * avgpool(x))."""
-    return torch.ops.dnas_fast.pool_grad_stats.default(x, g, stride)
+    return torch.ops.dnas_fast.pool_grad_stats.default(_cpu_math(x), _cpu_math(g), stride)
 
 
 def pool_combine_backward(
@@ -77,7 +91,8 @@ def pool_combine_backward(
     """x (Tensor[N, C, H, W]), g (Tensor[N, C, H', W']), coef (Tensor[6, C]) = (a_max, b_max, c_max, a_avg, b_avg,
     c_avg), w_skip (Tensor[] or None) -> dx (Tensor[N, C, H, W]); the pools are recomputed from x, max-pool ties go
     to the first maximum of the window in row-major order (as PyTorch's max_pool2d backward)."""
-    return torch.ops.dnas_fast.pool_combine_backward.default(x, g, stride, coef, w_skip)
+    dx = torch.ops.dnas_fast.pool_combine_backward.default(_cpu_math(x), _cpu_math(g), stride, coef, w_skip)
+    return _like(x, dx)
 
 
 def _math_dtype(dtype: torch.dtype) -> torch.dtype:

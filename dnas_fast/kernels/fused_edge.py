@@ -45,6 +45,7 @@ from torch import nn
 from .. import _backend
 from ..mixed_edge import MixedEdge, active_ops, strided_shape
 from ..ops.darts import FactorizedReduce, Identity, Zero
+from ..precision import autocast_state, restore_autocast
 from . import pool_combine_ref as _ref
 
 REF_PRIMS = SimpleNamespace(
@@ -279,6 +280,12 @@ def _dense(t):
     return t if t.is_contiguous() or t.is_contiguous(memory_format=cl) else t.contiguous()
 
 
+def _layout(t):
+    """The memory format that new tensors shaped like ``t`` take: channels_last iff ``t`` is (--channels-last)."""
+    cl = torch.channels_last
+    return cl if t.is_contiguous(memory_format=cl) and not t.is_contiguous() else torch.contiguous_format
+
+
 def _relu_backward(grad, x):
     return torch.ops.aten.threshold_backward(grad, x, 0)
 
@@ -378,7 +385,7 @@ def _scatter_partial(plan, x, acc):
     if plan.stride == 2:
         bypass = F.max_pool2d(bypass, 2, 2, ceil_mode=True)
     Ho, Wo = acc.shape[-2:]
-    out = acc.new_empty(N, C, Ho, Wo)
+    out = torch.empty((N, C, Ho, Wo), dtype=acc.dtype, device=acc.device, memory_format=_layout(x))
     out5 = out.view(N, Co, K, Ho, Wo)  # shuffle: cat channel i * Co + j -> output channel j * K + i
     out5[:, :, 0] = acc
     out5[:, :, 1:] = bypass.reshape(N, K - 1, Co, Ho, Wo).transpose(1, 2)
@@ -391,7 +398,7 @@ def _split_partial(plan, x, g):
     K, Co = plan.pc, plan.C_ops
     Ho, Wo = g.shape[-2:]
     g5 = g.view(N, Co, K, Ho, Wo)
-    g_ops = g5[:, :, 0].contiguous()
+    g_ops = g5[:, :, 0].contiguous(memory_format=_layout(g))
     g_bypass = g5[:, :, 1:].transpose(1, 2).reshape(N, C - Co, Ho, Wo)
     if plan.stride == 1:
         return g_ops, g_bypass
@@ -472,7 +479,7 @@ def fused_backward(plan: _Plan, g, x, weights, aux_weight, bn_stats, params, nee
     if dx_ops is None:
         dx_ops = torch.zeros_like(x_ops)
     if plan.pc > 1:
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dx = torch.empty_like(x, memory_format=_layout(x))
         dx[:, : plan.C_ops] = dx_ops
         dx[:, plan.C_ops :] = dx_bypass
     else:
@@ -495,16 +502,19 @@ class FusedEdgeFunction(torch.autograd.Function):
     gradients flow to whatever tensors the module holds at call time (``torch.func.functional_call``)."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, plan, x, weights, aux_weight, *params):
         out, bn_stats = fused_forward(plan, x, weights, aux_weight, params)
-        ctx.plan = plan
+        ctx.plan, ctx.autocast = plan, autocast_state(x.device.type)  # what torch.amp.custom_fwd does, any device
         ctx.save_for_backward(x, weights, aux_weight, bn_stats, *params)
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, g):
+        with restore_autocast(ctx.autocast):  # the recomputed convs run in the forward's dtypes
+            return FusedEdgeFunction._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "the fused MixedEdge backward is not differentiable (create_graph=True / double backward); "

@@ -23,9 +23,14 @@ def pools(x: torch.Tensor, stride: int):
     )
 
 
+def _math(t: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 maps in float32 for the sums (as the kernels' opmath accumulation); others as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def pool_stats_ref(x: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]) -> Tensor[4, C]: per-channel sum and sum of squares of maxpool(x), then avgpool(x)."""
-    mp, ap = pools(x, stride)
+    mp, ap = (_math(p) for p in pools(x, stride))
     dims = (0, 2, 3)
     return torch.stack([mp.sum(dims), (mp * mp).sum(dims), ap.sum(dims), (ap * ap).sum(dims)])
 
@@ -41,8 +46,8 @@ def pool_combine_ref(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: t
 
 def pool_grad_stats_ref(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
     """g (Tensor[N, C, H', W']) -> Tensor[3, C]: per-channel sum(g), sum(g * maxpool(x)), sum(g * avgpool(x))."""
-    mp, ap = pools(x, stride)
-    dims = (0, 2, 3)
+    mp, ap = (_math(p) for p in pools(x, stride))
+    g, dims = _math(g), (0, 2, 3)
     return torch.stack([g.sum(dims), (g * mp).sum(dims), (g * ap).sum(dims)])
 
 
@@ -54,9 +59,9 @@ def pool_combine_backward_ref(
         xr = x.detach().requires_grad_()
         mp, ap = pools(xr, stride)
         c = coef[:, None, :, None, None]
-        g_mp = c[0] * g + c[1] + c[2] * mp.detach()
-        g_ap = c[3] * g + c[4] + c[5] * ap.detach()
+        g_mp = (c[0] * g + c[1] + c[2] * mp.detach()).to(mp.dtype)
+        g_ap = (c[3] * g + c[4] + c[5] * ap.detach()).to(ap.dtype)
         (dx,) = torch.autograd.grad([mp, ap], xr, [g_mp, g_ap])
     if w_skip is not None:
         dx = dx + w_skip * g
-    return dx
+    return dx.to(x.dtype)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchWeights, EdgeGroup
+from ..precision import Precision
 from .diagnostics import dominant_hessian_eigenvalue, preserved_buffers, reference_backend
 from .schedules import AUX_SKIP_SCHEDULES, aux_skip_beta
 
@@ -78,6 +79,7 @@ class StepContext:
     grad_clip: float = 5.0
     epoch: int = 0
     sync_grads: callable = field(default=lambda params: None)  # all-reduce of gradients (DDP)
+    precision: Precision = field(default_factory=Precision)  # autocast of the forward, fp16 loss scaling
 
 
 class Strategy(nn.Module):
@@ -220,8 +222,9 @@ class Strategy(nn.Module):
     # ---- updates -----------------------------------------------------------------------------------
     def loss(self, ctx: StepContext, x, y, phase: str):
         arch = self.arch_weights(phase)
-        logits = ctx.model(x, arch)
-        loss = ctx.criterion(logits, y)
+        with ctx.precision.autocast():
+            logits = ctx.model(x, arch)
+            loss = ctx.criterion(logits, y)
         extra = self.extra_loss(arch, phase)
         return (loss if extra is None else loss + extra), logits
 
@@ -234,9 +237,9 @@ class Strategy(nn.Module):
         self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         loss, _ = self.loss(ctx, *valid_batch, "arch")
-        loss.backward()
+        ctx.precision.scale(loss, "arch").backward()
         ctx.sync_grads(self.arch_parameters())
-        ctx.a_optimizer.step()
+        ctx.precision.step("arch", ctx.a_optimizer)
         return {"arch_loss": loss.detach()}  # a tensor: no host sync per step
 
     def weight_step(self, ctx: StepContext, train_batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,12 +249,14 @@ class Strategy(nn.Module):
         if single_level:
             ctx.a_optimizer.zero_grad(set_to_none=True)
         loss, logits = self.loss(ctx, *train_batch, "weights")
-        loss.backward()
+        ctx.precision.scale(loss, "weights").backward()
+        ctx.precision.unscale_("weights", ctx.w_optimizer)
         nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip)
-        ctx.w_optimizer.step()
+        optimizers = [ctx.w_optimizer]
         if single_level:
             ctx.sync_grads(self.arch_parameters())
-            ctx.a_optimizer.step()
+            optimizers.append(ctx.a_optimizer)
+        ctx.precision.step("weights", *optimizers)
         self._steps += 1
         self._last_step_end = time.perf_counter()
         return loss.detach(), logits.detach()

@@ -30,16 +30,18 @@ class Darts(Strategy):
         for alpha, g in zip(self.arch_parameters(), grads):
             alpha.grad = g
         ctx.sync_grads(self.arch_parameters())
-        ctx.a_optimizer.step()
+        ctx.precision.step("arch", ctx.a_optimizer)
         return {"arch_loss": loss}
 
-    def _functional_loss(self, ctx, params, batch, phase):
+    def _functional_loss(self, ctx, params, batch, phase, autocast=True):
         x, y = batch
         arch = self.arch_weights(phase)
-        logits = functional_call(ctx.module, params, (x, arch))
-        loss = ctx.criterion(logits, y)
+        with ctx.precision.autocast(enabled=autocast):
+            logits = functional_call(ctx.module, params, (x, arch))
+            loss = ctx.criterion(logits, y)
         extra = self.extra_loss(arch, phase)
-        return loss if extra is None else loss + extra
+        loss = loss if extra is None else loss + extra
+        return ctx.precision.scale(loss, "arch")  # fp16: every gradient below is of the scaled loss
 
     def unrolled_params(self, ctx: StepContext, train_batch, create_graph=False):
         """``w' = w - xi * (momentum * buf + dL_train/dw + wd * w)`` as a name -> tensor dict."""
@@ -47,6 +49,7 @@ class Darts(Strategy):
         group = ctx.w_optimizer.param_groups[0]
         loss = self._functional_loss(ctx, dict(zip(names, params)), train_batch, "weights")
         grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+        grads = ctx.precision.unscaled("arch", grads)  # the unrolled step needs the true gradient
         unrolled = {}
         for n, p, g in zip(names, params, grads):
             g = torch.zeros_like(p) if g is None else g
@@ -64,12 +67,15 @@ class Darts(Strategy):
         grads = torch.autograd.grad(val_loss, alphas + list(unrolled.values()), allow_unused=True)
         dalpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
         vector = [torch.zeros_like(p) if g is None else g for p, g in zip(unrolled.values(), grads[len(alphas) :])]
+        vector = ctx.precision.unscaled("arch", vector)  # fp16: R * v must not depend on the loss scale
         R = self.fd_radius / torch.cat([v.flatten() for v in vector]).norm().clamp_min(1e-12)
         params = dict(ctx.module.named_parameters())
 
         def arch_grad_at(sign):
             shifted = {n: params[n].detach() + sign * R * v for n, v in zip(unrolled, vector)}
-            loss = self._functional_loss(ctx, shifted, train_batch, "weights")
+            # fp32 even under --precision bf16/fp16: the shift R * v (norm fd_radius) is below the rounding of
+            # the weights in bf16, so the difference of the two gradients would be rounding noise
+            loss = self._functional_loss(ctx, shifted, train_batch, "weights", autocast=False)
             return torch.autograd.grad(loss, alphas, allow_unused=True)
 
         grads_p, grads_n = arch_grad_at(1.0), arch_grad_at(-1.0)
@@ -77,4 +83,4 @@ class Darts(Strategy):
         for d, gp, gn in zip(dalpha, grads_p, grads_n):
             hvp = (gp if gp is not None else 0) - (gn if gn is not None else 0)
             out.append(d - ctx.lr * hvp / (2 * R))
-        return out, val_loss.detach()
+        return out, ctx.precision.unscaled("arch", [val_loss.detach()])[0]

@@ -251,10 +251,11 @@ class TFNAS(Strategy):
         self._prepare(ctx.module)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         loss, _ = self.loss(ctx, *valid_batch, "arch")
-        loss.backward()
+        ctx.precision.scale(loss, "arch").backward()
         ctx.sync_grads(self.arch_parameters())
+        ctx.precision.unscale_("arch", ctx.a_optimizer)
         nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip)
-        ctx.a_optimizer.step()
+        ctx.precision.step("arch", ctx.a_optimizer)
         with torch.no_grad():
             self._normalise()
         return {}
@@ -267,13 +268,15 @@ class TFNAS(Strategy):
         ctx.w_optimizer.zero_grad(set_to_none=True)
         total, first_logits = 0.0, None
         for idx in self.sample_paths(bi=not self.arch_frozen()):
-            logits = ctx.model(x, self.path_arch(idx))
-            loss = ctx.criterion(logits, y)
-            loss.backward()  # one path's graph at a time: peak memory of a single path
+            with ctx.precision.autocast():
+                logits = ctx.model(x, self.path_arch(idx))
+                loss = ctx.criterion(logits, y)
+            ctx.precision.scale(loss, "weights").backward()  # one path's graph at a time: one path's memory
             total = total + loss.detach()
             first_logits = logits.detach() if first_logits is None else first_logits
+        ctx.precision.unscale_("weights", ctx.w_optimizer)
         nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip)
-        ctx.w_optimizer.step()
+        ctx.precision.step("weights", ctx.w_optimizer)
         return total, first_logits
 
     # ---- derivation ----------------------------------------------------------------------------------
