@@ -71,6 +71,7 @@ def count_case(network: str, provider: str, case: str) -> Counter:
 
     def fwd_bwd():
         x, y = train
+        space.zero_grad(set_to_none=True)  # as a training step does: no .grad accumulation counted
         F.cross_entropy(space(x, strategy.arch_weights("weights")), y).backward()
 
     def step():
