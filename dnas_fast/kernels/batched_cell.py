@@ -432,8 +432,7 @@ class BlockFunction(torch.autograd.Function):
         flat = _flat_params(params)
         out = block_forward(plan, x, weights, aux_weight, _stacked_views(plan, flat, [p.shape for p in params]))
         ctx.plan = plan
-        ctx.shapes = [p.shape for p in params]
-        ctx.save_for_backward(x, weights, aux_weight, flat)
+        ctx.save_for_backward(x, weights, aux_weight, *params)  # references: the concatenation is redone
         return out
 
     @staticmethod
@@ -441,9 +440,9 @@ class BlockFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("the batched cell backward is not differentiable (create_graph=True); use "
                                "backend='reference' for higher-order gradients")  # fmt: skip
-        x, weights, aux_weight, flat = ctx.saved_tensors
+        x, weights, aux_weight, *params = ctx.saved_tensors
         plan = ctx.plan
-        stacked = _stacked_views(plan, flat, ctx.shapes)
+        stacked = _stacked_views(plan, _flat_params(params), [p.shape for p in params])
         needs, j = [], 4
         for f in plan.families:
             n = len(f.rows)
