@@ -1,4 +1,5 @@
-"""``dnas-fast`` command line: search, derive, plot (+ bench-edge and latency when their modules exist)."""
+"""``dnas-fast`` command line: search, derive, plot (+ bench-edge, latency, train and eval-child when their
+modules exist)."""
 
 import argparse
 import importlib
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 # Subcommands contributed by optional modules: each exposes register_cli(subparsers) and sets args.func.
-PLUGIN_MODULES = ["dnas_fast.bench_edge", "dnas_fast.latency"]
+PLUGIN_MODULES = ["dnas_fast.bench_edge", "dnas_fast.latency", "dnas_fast.train"]
 
 
 def _json_arg(text: str) -> dict:

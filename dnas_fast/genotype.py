@@ -123,3 +123,60 @@ def parse_nb201_arch_string(text: str) -> list[list[tuple[str, int]]]:
             raise ValueError(f"node {i} of {text!r} must read inputs 0..{i - 1}")
         nodes.append(pairs)
     return nodes
+
+
+def _cell(pairs: str) -> list[tuple[str, int]]:
+    """``"sep_conv_3x3 0, skip_connect 1, ..."`` -> ``[("sep_conv_3x3", 0), ("skip_connect", 1), ...]``."""
+    return [(op, int(j)) for op, j in (item.split() for item in pairs.split(","))]
+
+
+def _named(normal: str, reduce: str, normal_concat=range(2, 6), reduce_concat=range(2, 6)) -> Genotype:
+    return Genotype(_cell(normal), normal_concat, _cell(reduce), reduce_concat)
+
+
+# The authors' published cells, by the names their genotypes.py files give them.
+NAMED_GENOTYPES = {
+    # quark0/darts cnn/genotypes.py
+    "NASNet": _named(
+        "sep_conv_5x5 1, sep_conv_3x3 0, sep_conv_5x5 0, sep_conv_3x3 0, avg_pool_3x3 1, skip_connect 0, "
+        "avg_pool_3x3 0, avg_pool_3x3 0, sep_conv_3x3 1, skip_connect 1",
+        "sep_conv_5x5 1, sep_conv_7x7 0, max_pool_3x3 1, sep_conv_7x7 0, avg_pool_3x3 1, sep_conv_5x5 0, "
+        "skip_connect 3, avg_pool_3x3 2, sep_conv_3x3 2, max_pool_3x3 1",
+        range(2, 7),
+        range(4, 7),
+    ),
+    "DARTS_V1": _named(
+        "sep_conv_3x3 1, sep_conv_3x3 0, skip_connect 0, sep_conv_3x3 1, skip_connect 0, sep_conv_3x3 1, "
+        "sep_conv_3x3 0, skip_connect 2",
+        "max_pool_3x3 0, max_pool_3x3 1, skip_connect 2, max_pool_3x3 0, max_pool_3x3 0, skip_connect 2, "
+        "skip_connect 2, avg_pool_3x3 0",
+    ),
+    "DARTS_V2": _named(
+        "sep_conv_3x3 0, sep_conv_3x3 1, sep_conv_3x3 0, sep_conv_3x3 1, sep_conv_3x3 1, skip_connect 0, "
+        "skip_connect 0, dil_conv_3x3 2",
+        "max_pool_3x3 0, max_pool_3x3 1, skip_connect 2, max_pool_3x3 1, max_pool_3x3 0, skip_connect 2, "
+        "skip_connect 2, max_pool_3x3 1",
+    ),
+    # yuhuixu1993/PC-DARTS genotypes.py
+    "PC_DARTS_cifar": _named(
+        "sep_conv_3x3 1, skip_connect 0, sep_conv_3x3 0, dil_conv_3x3 1, sep_conv_5x5 0, sep_conv_3x3 1, "
+        "avg_pool_3x3 0, dil_conv_3x3 1",
+        "sep_conv_5x5 1, max_pool_3x3 0, sep_conv_5x5 1, sep_conv_5x5 2, sep_conv_3x3 0, sep_conv_3x3 3, "
+        "sep_conv_3x3 1, sep_conv_3x3 2",
+    ),
+    "PC_DARTS_image": _named(
+        "skip_connect 1, sep_conv_3x3 0, sep_conv_3x3 0, skip_connect 1, sep_conv_3x3 1, sep_conv_3x3 3, "
+        "sep_conv_3x3 1, dil_conv_5x5 4",
+        "sep_conv_3x3 0, skip_connect 1, dil_conv_5x5 2, max_pool_3x3 1, sep_conv_3x3 2, sep_conv_3x3 1, "
+        "sep_conv_5x5 0, sep_conv_3x3 3",
+    ),
+    # chenxin061/pdarts genotypes.py
+    "PDARTS": _named(
+        "skip_connect 0, dil_conv_3x3 1, skip_connect 0, sep_conv_3x3 1, sep_conv_3x3 1, sep_conv_3x3 3, "
+        "sep_conv_3x3 0, dil_conv_5x5 4",
+        "avg_pool_3x3 0, sep_conv_5x5 1, sep_conv_3x3 0, dil_conv_5x5 2, max_pool_3x3 0, dil_conv_3x3 1, "
+        "dil_conv_3x3 1, dil_conv_5x5 3",
+    ),
+}
+NAMED_GENOTYPES["DARTS"] = NAMED_GENOTYPES["DARTS_V2"]  # the authors' alias
+NAMED_GENOTYPES["PCDARTS"] = NAMED_GENOTYPES["PC_DARTS_cifar"]

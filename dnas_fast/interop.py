@@ -1,4 +1,5 @@
-"""Move searches between the authors' DARTS code (quark0/darts ``model_search.Network``) and dnas_fast.
+"""Move searches between the authors' DARTS code (quark0/darts ``model_search.Network``) and dnas_fast, and load
+their trained evaluation networks (``model.NetworkCIFAR`` / ``NetworkImageNet``) into ours.
 
 The DARTS space has the authors' module layout, so their ``state_dict`` keys are ours; their alphas
 (``alphas_normal``, ``alphas_reduce``, each ``Tensor[14, 8]``, not part of their state_dict) become the
@@ -60,3 +61,27 @@ def export_authors_state(space: DartsSpace, strategy: Strategy) -> dict:
     for key, group in zip(ALPHA_KEYS, ("normal", "reduce")):
         state[key] = strategy.alphas[group].detach().clone()
     return state
+
+
+def load_authors_eval_state(net, state_dict: dict) -> None:
+    """Load an authors' evaluation checkpoint (``weights.pt`` / ``model.pt``: a ``NetworkCIFAR`` or
+    ``NetworkImageNet`` state_dict) into our network of the same genotype, C, layers and auxiliary setting.
+
+    Accepts a ``DataParallel`` ``module.`` prefix (their ImageNet script saves one), an auxiliary head our
+    network does not build (dropped), and checkpoints from PyTorch < 0.4 without ``num_batches_tracked``.
+    """
+    state = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    ours = net.state_dict()
+    if not any(k.startswith("auxiliary_head.") for k in ours):
+        state = {k: v for k, v in state.items() if not k.startswith("auxiliary_head.")}
+    extra = sorted(set(state) - set(ours))
+    missing = sorted(k for k in set(ours) - set(state) if not k.endswith("num_batches_tracked"))
+    if extra or missing:
+        raise ValueError(
+            f"state_dict does not match this evaluation network (check genotype, C, layers, auxiliary): "
+            f"unexpected keys {extra[:5]}, missing keys {missing[:5]}"
+        )
+    try:
+        net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same keys, other shapes
+        raise ValueError(f"state_dict does not match this evaluation network (check C and classes): {err}") from err

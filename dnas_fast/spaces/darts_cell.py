@@ -6,6 +6,7 @@ from torch import nn
 
 from ..arch import EdgeGroup
 from ..genotype import darts_genotype
+from ..kernels import batched_cell
 from ..mixed_edge import MixedEdge
 from ..ops import DARTS_OPS, check_op_names
 from ..ops.darts import FactorizedReduce, ReLUConvBN
@@ -25,9 +26,12 @@ class Cell(nn.Module):
         self._ops = nn.ModuleList(
             MixedEdge(C, 2 if reduction and j < 2 else 1, **edge_kwargs) for i in range(steps) for j in range(2 + i)
         )
+        self._sources = [j for i in range(steps) for j in range(2 + i)]
 
     def forward(self, s0, s1, arch):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if batched_cell.cell_forward(self._ops, states, arch, self._sources, self.training) is not None:
+            return torch.cat(states[-self._multiplier :], dim=1)
         offset = 0
         for _ in range(self._steps):
             s = sum(self._ops[offset + j](h, *arch.edge_args(offset + j)) for j, h in enumerate(states))

@@ -1,0 +1,503 @@
+"""Cell-level batched execution: every edge that reads one state runs each op family once for all of them.
+
+A cell's edges are grouped into *blocks* by the state they read (DARTS: s0 and s1 feed 4 edges each, node 2 feeds 3,
+node 3 feeds 2, node 4 one; NB-201: 3, 2, 1). For a block of ``E`` edges and one op family ``k`` active on ``n`` of
+them:
+    * conv ops (sep / dil conv, ReLU-conv-BN, FactorizedReduce) share one ``ReLU(x)``; the ``n`` edges' weights
+      are concatenated at call time (so ``torch.func.functional_call`` works) into one grouped convolution per layer:
+      a dense first conv reads ``ReLU(x)`` with ``n * C_out`` filters, a depthwise first conv reads ``ReLU(x)``
+      repeated ``n`` times with ``groups = n * C``, every later conv has ``groups * n``; the output is edge-major,
+      ``[N, n * C, H, W] = [N, n, C, H, W]``. One batch-norm call normalises the stacked channels (per-channel batch
+      statistics are exactly the per-edge ones); running statistics go to each edge's own BN buffers (``var_mean``
+      + ``_foreach_lerp_``), so state_dict keys and checkpoints are unchanged;
+    * pools and skip are computed once per block (same input, same stride; their affine-free batch-stat BN gives the
+      same numbers for every edge) and weighted per edge by one broadcast ``addcmul``;
+    * the block returns ``[N, E, C_out, H', W']``, edge ``e`` feeding the block's ``e``-th target node; the cell
+      adds blocks into one running node accumulator (one add per block).
+Masks (a CPU tensor) decide on the host which edges each family runs for; PC-DARTS partial channels, the DARTS- aux
+skip and straight-through are kept.
+
+Memory: ``BlockFunction`` stores x, the block's weights and the concatenated op parameters; the backward recomputes
+one family at a time (its intermediates freed before the next), like the fused per-edge path. The backward is not
+differentiable (second-order DARTS uses finite differences through ``functional_call``, which works).
+
+Used by the cell forwards of the DARTS and NB-201 spaces when every edge of the cell resolves to the ``batched``
+backend and the cell is in training mode; a lone ``MixedEdge`` (``compat.MixedOp``) on ``batched`` runs the fused
+per-edge path.
+"""
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _backend
+from ..mixed_edge import MixedEdge, strided_shape
+from .fused_edge import REF_PRIMS, _ConvProgram, _ext_module, edge_spec, ext_prims, fused_edge_forward
+
+BACKEND = "batched"
+
+
+# ---- static structure of a block ---------------------------------------------------------------------------------
+
+
+def _bns(program: _ConvProgram):
+    return [
+        m for m in (program.layers if program.reduce is None else (program.reduce.bn,)) if isinstance(m, nn.BatchNorm2d)
+    ]
+
+
+def _program_batchable(program: _ConvProgram) -> bool:
+    if program.reduce is None and not isinstance(program.layers[0], nn.Conv2d):
+        return False
+    return all(bn.momentum is not None and bn.track_running_stats for bn in _bns(program))
+
+
+def _block_batchable(edges) -> bool:
+    first = edges[0]
+    same = ("op_names", "C", "C_out", "stride", "partial_channels")
+    if any(getattr(e, a) != getattr(first, a) for e in edges for a in same):
+        return False
+    if any((e.aux is None) != (first.aux is None) for e in edges):
+        return False
+    specs = [edge_spec(e) for e in edges]
+    if any(s is None for s in specs):
+        return False
+    programs = [p for s in specs for p in [*s.programs.values(), *([s.aux] if isinstance(s.aux, _ConvProgram) else [])]]
+    bns = [p.bn for s in specs for p in s.pools.values() if p.bn is not None] + [b for p in programs for b in _bns(p)]
+    one_momentum = len({bn.momentum for bn in bns}) <= 1  # one _foreach_lerp_ writes them all
+    return all(map(_program_batchable, programs)) and one_momentum and all(bn.momentum is not None for bn in bns)
+
+
+_CELLS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _blocks(edges, sources):
+    """``(source state, edge indices in target order)`` per source, or None if some block cannot be batched."""
+    key = (tuple(sources), tuple(map(id, edges)))
+    cached = _CELLS.get(edges)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    blocks = tuple((s, tuple(e for e, src in enumerate(sources) if src == s)) for s in sorted(set(sources)))
+    if not all(_block_batchable([edges[e] for e in idx]) for _, idx in blocks):
+        blocks = None
+    _CELLS[edges] = (key, blocks)
+    return blocks
+
+
+# ---- one family of one block -------------------------------------------------------------------------------------
+
+
+class _RunningStats:
+    """The batch statistics of every BN a block call normalises, written to the BNs' own buffers at the end of the
+    forward by three ``_foreach`` ops (all BNs of a block share one momentum, checked by ``_block_batchable``)."""
+
+    def __init__(self):
+        self.bns, self.means, self.vars = [], [], []
+
+    def add(self, bns, h, shared):
+        """``h``: Tensor[N, n * C, H, W] (its channel blocks belong to ``bns``) or the one input of ``shared`` BNs."""
+        var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=1)  # unbiased, like nn.BatchNorm2d
+        n = len(bns)
+        self.bns += bns
+        self.means += [mean] * n if shared else list(mean.chunk(n))
+        self.vars += [var] * n if shared else list(var.chunk(n))
+
+    def write(self):
+        if self.bns:
+            momentum = self.bns[0].momentum
+            torch._foreach_lerp_([bn.running_mean for bn in self.bns], self.means, momentum)
+            torch._foreach_lerp_([bn.running_var for bn in self.bns], self.vars, momentum)
+            torch._foreach_add_([bn.num_batches_tracked for bn in self.bns], 1)
+
+
+def _stacked_bn(h, bns, it, stats):
+    weight, bias = (next(it), next(it)) if bns[0].affine else (None, None)
+    if stats is not None:
+        stats.add(bns, h, shared=False)
+    return F.batch_norm(h, None, None, weight, bias, True, 0.0, bns[0].eps)
+
+
+def _run_stacked(programs, r, r_rep, stacked, stats):
+    """``n`` edges' copies of one conv op on ``r = ReLU(x)`` -> Tensor[N, n, C_out, H', W']; ``stacked`` holds the
+    concatenated parameters in program order; ``r_rep()`` is ``r`` repeated ``n`` times along channels."""
+    n = len(programs)
+    it = iter(stacked)
+    p0 = programs[0]
+    if p0.reduce is not None:
+        m = p0.reduce
+        shifted = r[:, :, 1:, 1:]
+        H, W = r.shape[-2:]
+        if H % 2 or W % 2:
+            shifted = F.pad(shifted, (0, W % 2, 0, H % 2))
+        a = F.conv2d(r, next(it), None, m.conv_1.stride)
+        b = F.conv2d(shifted, next(it), None, m.conv_2.stride)
+        h = torch.stack([a.unflatten(1, (n, -1)), b.unflatten(1, (n, -1))], 2).flatten(1, 3)
+        h = _stacked_bn(h, [p.reduce.bn for p in programs], it, stats)
+        return h.unflatten(1, (n, -1))
+    h = None
+    for i, m in enumerate(p0.layers):
+        if isinstance(m, nn.Conv2d):
+            weight = next(it)
+            bias = next(it) if m.bias is not None else None
+            if h is None and m.groups == 1:  # dense first conv: all edges' filters over the one ReLU(x)
+                h = F.conv2d(r, weight, bias, m.stride, m.padding, m.dilation, 1)
+            else:
+                h = F.conv2d(r_rep() if h is None else h, weight, bias, m.stride, m.padding, m.dilation, m.groups * n)
+        elif isinstance(m, nn.BatchNorm2d):
+            h = _stacked_bn(h, [p.layers[i] for p in programs], it, stats)
+        else:
+            h = F.relu(h)
+    return h.unflatten(1, (n, -1))
+
+
+def _pool_normalised(pool, x, stride, stats, bns):
+    """The pool and its affine-free batch-stat BN, once for every edge of the block (same input, same numbers)."""
+    p = F.max_pool2d(x, 3, stride, 1) if pool.kind == "max" else F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+    if pool.bn is None:
+        return p
+    if stats is not None:
+        stats.add(bns, p, shared=True)
+    return F.batch_norm(p, None, None, None, None, True, 0.0, pool.bn.eps)
+
+
+# ---- the block plan and its autograd Function --------------------------------------------------------------------
+
+
+@dataclass
+class _Family:
+    k: int  # op index
+    kind: str  # "max", "avg", "skip", "conv", "aux"
+    rows: list  # block rows (edges) it runs for
+    slots: int  # parameters per edge (conv)
+    programs: list  # per row (conv / aux conv)
+    bns: list  # pool BNs of its rows
+
+
+@dataclass
+class _BlockPlan:
+    edges: list
+    stride: int
+    pc: int
+    C_ops: int
+    families: list
+    inactive: torch.Tensor | None  # [E, K] float 0/1 (straight-through), CPU
+    aux: object  # None, "skip" or "conv"
+
+
+def make_block_plan(edges, mask, straight_through, aux_weight):
+    """Host-side plan of one block call and the flat parameter list it reads (call time: functional_call)."""
+    e0 = edges[0]
+    spec0 = edge_spec(e0)
+    E, K = len(edges), len(e0.op_names)
+    active = [[True] * K] * E if mask is None else mask.tolist()
+    families, params = [], []
+    for k, kind in enumerate(spec0.kinds):
+        rows = [r for r in range(E) if active[r][k]]
+        if kind == "zero" or not rows:
+            continue
+        if kind == "conv":
+            programs = [edge_spec(edges[r]).programs[k] for r in rows]
+        else:
+            programs = []
+        bns = [edge_spec(edges[r]).pools[k].bn for r in rows] if kind in ("max", "avg") else []
+        families.append(_Family(k, kind, rows, len(programs[0].params) if programs else 0, programs, bns))
+    aux = None
+    if aux_weight is not None:
+        if spec0.aux == "skip":
+            aux = "skip"
+        else:
+            aux = "conv"
+            programs = [edge_spec(e).aux for e in edges]
+            families.append(_Family(-1, "aux", list(range(E)), len(programs[0].params), programs, []))
+    for f in families:
+        for slot in range(f.slots):
+            params += [f.programs[i].tensors()[slot] for i in range(len(f.rows))]
+    inactive = (~mask).to(torch.get_default_dtype()) if straight_through and mask is not None else None
+    pc = e0.partial_channels
+    return _BlockPlan(list(edges), e0.stride, pc, e0.C // pc, families, inactive, aux), params
+
+
+def _flat_params(params):
+    """All parameters of a block call in one tensor (one cat instead of one per family and slot)."""
+    return torch.cat([p.reshape(-1) for p in params]) if params else None
+
+
+def _stacked_views(plan, flat, shapes):
+    """Per family, per parameter slot: the rows' copies of that parameter concatenated along dim 0, as views of
+    ``flat`` (the slot's tensors are consecutive and have one shape)."""
+    out, i, start = [], 0, 0
+    for f in plan.families:
+        n = len(f.rows)
+        slots = []
+        for s in range(f.slots):
+            shape = shapes[i + s * n]
+            numel = n * math.prod(shape)
+            slots.append(flat[start : start + numel].view(n * shape[0], *shape[1:]))
+            start += numel
+        out.append(slots)
+        i += f.slots * n
+    return out
+
+
+def _dense_first(f) -> bool:
+    """The family's first conv reads ReLU(x) itself (dense); otherwise ReLU(x) repeated once per row."""
+    p0 = f.programs[0]
+    return p0.reduce is not None or p0.layers[0].groups == 1
+
+
+def _family_output(plan, f, x_ops, x, r, reps, stacked, stats):
+    """The family's output: Tensor[N, C, H', W'] shared by its rows (pools, skip) or [N, n, C, H', W'].
+    ``reps[n]``: ReLU(x) repeated n times (made once per block and row count)."""
+    if f.kind in ("max", "avg"):
+        pool = edge_spec(plan.edges[f.rows[0]]).pools[f.k]
+        return _pool_normalised(pool, x_ops, plan.stride, stats, f.bns)
+    if f.kind == "skip":
+        return x_ops
+    inp = r if f.kind == "conv" else F.relu(x)
+    n = len(f.rows)
+
+    def r_rep():
+        if f.kind == "aux":
+            return inp.repeat(1, n, 1, 1)
+        if n not in reps:
+            reps[n] = inp.repeat(1, n, 1, 1)
+        return reps[n]
+
+    return _run_stacked(f.programs, inp, r_rep, stacked, stats)
+
+
+def _rows_index(f, E, device):
+    return None if len(f.rows) == E else torch.tensor(f.rows, device=device)
+
+
+def _weights_of(plan, f, weights, aux_weight):
+    w = aux_weight.expand(len(f.rows)) if f.kind == "aux" else weights[:, f.k]
+    return w if len(f.rows) == len(plan.edges) or f.kind == "aux" else w[f.rows]
+
+
+def block_forward(plan, x, weights, aux_weight, stacked):
+    """Tensor[N, E, C_out, H', W'] of the block's edges, keeping nothing for backward."""
+    E = len(plan.edges)
+    x_ops = x[:, : plan.C_ops] if plan.pc > 1 else x
+    N, C_o, Ho, Wo = strided_shape(x_ops, plan.stride, plan.edges[0].C_out // plan.pc)
+    acc = x_ops.new_zeros(N, E, C_o, Ho, Wo)
+    r = F.relu(x_ops) if any(f.kind == "conv" for f in plan.families) else None
+    reps, stats, aux_out = {}, _RunningStats(), None
+    for f, st in zip(plan.families, stacked):
+        y = _family_output(plan, f, x_ops, x, r, reps, st, stats)
+        w = _weights_of(plan, f, weights, aux_weight).view(1, -1, 1, 1, 1)
+        if f.kind == "aux":
+            aux_out = y.mul_(w)
+            continue
+        y = y.unsqueeze(1) if y.dim() == 4 else y
+        idx = _rows_index(f, E, x.device)
+        if idx is None:
+            acc.addcmul_(y, w)
+        else:
+            acc.index_add_(1, idx, y * w)
+        del y  # free family k before family k + 1 runs
+    stats.write()
+    if plan.inactive is not None:
+        acc.add_((weights * plan.inactive.to(weights.device, weights.dtype)).sum(1).view(1, E, 1, 1, 1))
+    out = _scatter_partial(plan, x, acc) if plan.pc > 1 else acc
+    if plan.aux == "skip":
+        out.add_(x.unsqueeze(1) * aux_weight)
+    elif aux_out is not None:
+        out.add_(aux_out)
+    return out
+
+
+def _bypass(plan, x):
+    b = x[:, plan.C_ops :]
+    return F.max_pool2d(b, 2, 2, ceil_mode=True) if plan.stride == 2 else b
+
+
+def _scatter_partial(plan, x, acc):
+    """Per edge cat([acc_e, bypass]) in PC-DARTS channel-shuffled order (the bypass is shared by the block)."""
+    N, E, Co, Ho, Wo = acc.shape
+    K = plan.pc
+    out = acc.new_empty(N, E, Co * K, Ho, Wo)
+    out6 = out.view(N, E, Co, K, Ho, Wo)
+    out6[:, :, :, 0] = acc
+    out6[:, :, :, 1:] = _bypass(plan, x).reshape(N, K - 1, Co, Ho, Wo).transpose(1, 2).unsqueeze(1)
+    return out
+
+
+def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
+    """dL/dx, dL/dweights [E, K], dL/daux, dL/d(stacked) (per family, per slot; None where not needed)."""
+    E = len(plan.edges)
+    g = g.contiguous()
+    dW = torch.zeros_like(weights)
+    daux = None
+    dx = None
+    if plan.aux == "skip":
+        gs = g.sum(1)
+        daux = torch.dot(gs.flatten(), x.flatten())
+        dx = gs * aux_weight
+    if plan.pc > 1:
+        N, _, C, Ho, Wo = g.shape
+        K, Co = plan.pc, plan.C_ops
+        g6 = g.view(N, E, Co, K, Ho, Wo)
+        g_ops = g6[:, :, :, 0].contiguous()
+        g_byp = g6[:, :, :, 1:].sum(1).transpose(1, 2).reshape(N, C - Co, Ho, Wo)
+        if plan.stride == 2:
+            with torch.enable_grad():
+                xb = x[:, Co:].detach().requires_grad_()
+                (g_byp,) = torch.autograd.grad(F.max_pool2d(xb, 2, 2, ceil_mode=True), xb, g_byp)
+        x_ops = x[:, :Co]
+    else:
+        g_ops, x_ops = g, x
+    if plan.inactive is not None:
+        dW += g_ops.sum((0, 2, 3, 4)).view(E, 1) * plan.inactive.to(weights.device, weights.dtype)
+    dx_ops = None
+    d_r, d_reps = None, {}
+    has_conv = any(f.kind == "conv" for f in plan.families)
+    r = F.relu(x_ops).requires_grad_() if has_conv else None
+    reps = {}  # leaves: the gradient of each repeated ReLU(x) is summed back once, at the end
+    x_leaf = x_ops.detach().requires_grad_()
+    dstacked = []
+    for f, st in zip(plan.families, stacked):
+        # family k is rebuilt from x and freed before family k + 1: only one family's intermediates are alive
+        idx = _rows_index(f, E, x.device)
+        n = len(f.rows)
+        if f.kind == "aux":
+            inp_leaf = x.detach().requires_grad_()
+        elif f.kind != "conv":
+            inp_leaf = x_leaf
+        elif _dense_first(f):
+            inp_leaf = r
+        else:
+            if n not in reps:
+                reps[n] = r.detach().repeat(1, n, 1, 1).requires_grad_()
+            inp_leaf = reps[n]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) for t, need in zip(st, needs[len(dstacked)])]
+            y = _family_output(plan, f, x_leaf, inp_leaf, r, reps, leaves, None)
+        gf = g if f.kind == "aux" else g_ops
+        if idx is not None:
+            gf = gf.index_select(1, idx)
+        w = _weights_of(plan, f, weights, aux_weight)
+        shared = y.dim() == 4
+        yd = y.detach()
+        dw_f = (gf * (yd.unsqueeze(1) if shared else yd)).sum((0, 2, 3, 4))
+        if f.kind == "aux":
+            daux = dw_f.sum()
+        elif idx is None:
+            dW[:, f.k].add_(dw_f)
+        else:
+            dW[:, f.k].index_add_(0, idx, dw_f)
+        dy = gf * w.view(1, -1, 1, 1, 1)
+        if shared:
+            dy = dy.sum(1)
+        targets = [inp_leaf] + [t for t in leaves if t.requires_grad]
+        grads = torch.autograd.grad(y, targets, dy)
+        it = iter(grads[1:])
+        dstacked.append([next(it) if t.requires_grad else None for t in leaves])
+        d_in = grads[0]
+        if f.kind == "aux":
+            dx = d_in if dx is None else dx + d_in
+        elif f.kind == "conv" and inp_leaf is not r:
+            d_reps[n] = d_in if n not in d_reps else d_reps[n].add_(d_in)
+        elif f.kind == "conv":
+            d_r = d_in if d_r is None else d_r.add_(d_in)
+        else:
+            dx_ops = d_in if dx_ops is None else dx_ops.add_(d_in)
+        del y, yd
+    for n, d in d_reps.items():
+        d = d.unflatten(1, (n, -1)).sum(1)
+        d_r = d if d_r is None else d_r.add_(d)
+    if d_r is not None:
+        d_conv = torch.ops.aten.threshold_backward(d_r, x_ops, 0)
+        dx_ops = d_conv if dx_ops is None else dx_ops.add_(d_conv)
+    if dx_ops is None:
+        dx_ops = torch.zeros_like(x_ops)
+    if plan.pc > 1:
+        dx_full = torch.cat([dx_ops, g_byp], 1)
+    else:
+        dx_full = dx_ops
+    dx = dx_full if dx is None else dx + dx_full
+    return dx, dW, daux, dstacked
+
+
+class BlockFunction(torch.autograd.Function):
+    """``apply(plan, x, weights [E, K], aux_weight, *params)`` -> Tensor[N, E, C_out, H', W']; parameters are
+    inputs so their gradients flow to whatever tensors the modules hold at call time (``functional_call``)."""
+
+    @staticmethod
+    def forward(ctx, plan, x, weights, aux_weight, *params):
+        flat = _flat_params(params)
+        out = block_forward(plan, x, weights, aux_weight, _stacked_views(plan, flat, [p.shape for p in params]))
+        ctx.plan = plan
+        ctx.save_for_backward(x, weights, aux_weight, *params)  # references: the concatenation is redone
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the batched cell backward is not differentiable (create_graph=True); use "
+                               "backend='reference' for higher-order gradients")  # fmt: skip
+        x, weights, aux_weight, *params = ctx.saved_tensors
+        plan = ctx.plan
+        stacked = _stacked_views(plan, _flat_params(params), [p.shape for p in params])
+        needs, j = [], 4
+        for f in plan.families:
+            n = len(f.rows)
+            needs.append([any(ctx.needs_input_grad[j + s * n : j + (s + 1) * n]) for s in range(f.slots)])
+            j += f.slots * n
+        dx, dW, daux, dstacked = block_backward(plan, g, x, weights, aux_weight, stacked, needs)
+        dparams = []
+        for f, ds in zip(plan.families, dstacked):
+            n = len(f.rows)
+            for d in ds:
+                dparams += [None] * n if d is None else list(d.chunk(n))
+        return None, dx, dW, daux, *dparams
+
+
+# ---- the cell ------------------------------------------------------------------------------------------------------
+
+
+def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bool) -> list | None:
+    """Run a cell's edges block by block, or return None when the cell does not run batched (some edge not on the
+    ``batched`` backend, eval mode, an op or option the blocks do not know).
+
+    ``sources[e]``: the state edge ``e`` reads; edges are in target order and each block's targets are the cell's
+    last nodes (DARTS, NB-201). Appends the nodes to ``states`` and returns it.
+    """
+    x0 = states[0]
+    if not training or not all(_backend.resolve_backend(e.backend, x0.device, e).name == BACKEND for e in edges):
+        return None
+    blocks = _blocks(edges, sources)
+    if blocks is None:
+        return None
+    n_init = len(states)
+    acc = None
+    for s, idx in blocks:
+        rows = list(idx)
+        mask = None if arch.mask is None else arch.mask[rows]
+        block = [edges[e] for e in rows]
+        plan, params = make_block_plan(block, mask, arch.straight_through, arch.aux)
+        out = BlockFunction.apply(plan, states[s], arch.weights[rows], arch.aux, *params)
+        acc = out if acc is None else acc[:, acc.shape[1] - out.shape[1] :] + out
+        if s + 1 >= n_init:
+            states.append(acc[:, 0].contiguous())  # a copy: a view would keep the whole accumulator alive
+    return states
+
+
+def _per_edge_forward(edge, x, weights, mask, aux_weight, straight_through):
+    prims = ext_prims() if _ext_module() is not None and _ext_module().available(x.device) else REF_PRIMS
+    return fused_edge_forward(edge, x, weights, mask, aux_weight, straight_through, prims=prims)
+
+
+def supports(edge) -> bool:
+    return isinstance(edge, MixedEdge) and edge_spec(edge) is not None
+
+
+_backend.register_backend(
+    _backend.Backend(
+        BACKEND, _per_edge_forward, lambda device: torch.device(device).type == "cpu", supports, priority=5
+    )
+)

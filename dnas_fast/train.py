@@ -1,0 +1,663 @@
+"""Train a derived architecture from scratch (``dnas-fast train``) and measure a search's child network
+with its inherited weights (``dnas-fast eval-child``).
+
+Families and their authors' settings (every one overridable; ``log.jsonl``'s first line records each
+effective value and whether it came from the authors or the user):
+
+* ``cifar``: quark0/darts ``cnn/train.py`` as run for the paper (``--auxiliary --cutout``): 20 cells, C=36,
+  600 epochs, batch 96, SGD 0.025 momentum 0.9 cosine to 0, wd 3e-4, auxiliary weight 0.4, drop path 0.2
+  scaled linearly by epoch, cutout 16, grad clip 5.
+* ``imagenet``: quark0/darts ``cnn/train_imagenet.py``: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 decayed
+  by 0.97 every epoch, wd 3e-5, label smoothing 0.1, auxiliary 0.4, no drop path, grad clip 5.
+* ``nb201``: the NAS-Bench-201 paper's training setup (Dong & Yang, ICLR 2020, Sec. 2.4): C=16, N=5,
+  200 epochs, batch 256, SGD 0.1 nesterov cosine to 0, wd 5e-4, no clipping.
+* ``mbconv``: AberHu/TF-NAS ``train_eval.py``: 250 epochs, batch 512, lr 0.2 cosine with 5 linear warm-up
+  epochs (only for batches above 256, as theirs), wd 1e-5, label smoothing 0.1, dropout 0.2, grad clip 5.
+
+Deviations: the ImageNet family trains with the search loader's RandomResizedCrop + flip, without the
+authors' ColorJitter(0.4, 0.4, 0.4, 0.2); one test pass per epoch on every rank (the test set is not sharded,
+so every rank reports the same number); each rank draws the same drop-path masks (same seed; the authors
+train on one GPU); TF-NAS's drop-connect (0.2) is not built.
+"""
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from .data.evaluation import build_eval_data
+from .data.splits import AUGMENT, generator
+from .genotype import (
+    NAMED_GENOTYPES,
+    genotype_from_json,
+    genotype_from_string,
+    genotype_to_json,
+    parse_nb201_arch_string,
+)
+from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
+
+FORMAT = "dnas_fast.train/1"
+FAMILIES = ("cifar", "imagenet", "nb201", "mbconv")
+_COMMON = dict(
+    momentum=0.9,
+    nesterov=False,
+    lr_min=0.0,
+    lr_gamma=0.97,
+    lr_decay_period=1,
+    warmup_epochs=0,
+    label_smoothing=0.0,
+    auxiliary=False,
+    auxiliary_weight=0.4,
+    drop_path_prob=0.0,
+    cutout_length=0,
+    dropout=0.0,
+    grad_clip=5.0,
+)
+FAMILY_DEFAULTS = {
+    "cifar": {**_COMMON, "epochs": 600, "batch_size": 96, "lr": 0.025, "lr_schedule": "cosine", "weight_decay": 3e-4,
+              "auxiliary": True, "drop_path_prob": 0.2, "cutout_length": 16, "C": 36, "layers": 20},
+    "imagenet": {**_COMMON, "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_schedule": "step", "weight_decay": 3e-5,
+                 "label_smoothing": 0.1, "auxiliary": True, "C": 48, "layers": 14},
+    "nb201": {**_COMMON, "epochs": 200, "batch_size": 256, "lr": 0.1, "lr_schedule": "cosine", "nesterov": True,
+              "weight_decay": 5e-4, "grad_clip": 0.0, "C": 16, "layers": 5},
+    "mbconv": {**_COMMON, "epochs": 250, "batch_size": 512, "lr": 0.2, "lr_schedule": "cosine", "weight_decay": 1e-5,
+               "warmup_epochs": 5, "label_smoothing": 0.1, "dropout": 0.2, "C": 0, "layers": 0},
+}  # fmt: skip
+LR_SCHEDULES = ("cosine", "step")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+# ---- architectures ---------------------------------------------------------------------------------------
+@dataclass
+class Architecture:
+    """What to build: ``kind`` ``darts`` (a Genotype), ``nb201`` (an arch string) or ``mbconv`` (a derived
+    TF-NAS network config)."""
+
+    kind: str
+    value: object
+
+    def describe(self) -> str:
+        if self.kind == "mbconv":
+            return json.dumps(self.value)
+        return repr(self.value) if self.kind == "darts" else self.value
+
+    def to_json(self):
+        if self.kind == "darts":
+            return json.loads(genotype_to_json(self.value))
+        return self.value
+
+
+def _from_json_value(data, where: str) -> Architecture:
+    if isinstance(data, dict) and "normal" in data:
+        return Architecture("darts", genotype_from_json(json.dumps(data)))
+    if isinstance(data, str) and data.startswith("|"):
+        parse_nb201_arch_string(data)
+        return Architecture("nb201", data)
+    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "blocks" in data["config"]:
+        return Architecture("mbconv", data["config"])  # a TF-NAS genotype.json (TFNASArch.to_json)
+    if isinstance(data, dict) and "blocks" in data:
+        return Architecture("mbconv", data)
+    raise ValueError(f"{where} holds no DARTS genotype, NAS-Bench-201 arch string or TF-NAS network")
+
+
+def resolve_architecture(text: str) -> Architecture:
+    """GENOTYPE of ``dnas-fast train``: a run directory or its ``genotype.json``, a ``Genotype(...)`` string, a
+    name from the authors' genotypes.py files (``DARTS_V2``, ``PC_DARTS_cifar``, ...), or an NB201 arch string."""
+    text = text.strip()
+    path = Path(text)
+    if text in NAMED_GENOTYPES:
+        return Architecture("darts", NAMED_GENOTYPES[text])
+    if text.startswith("Genotype("):
+        return Architecture("darts", genotype_from_string(text))
+    if text.startswith("|"):
+        parse_nb201_arch_string(text)
+        return Architecture("nb201", text)
+    if path.is_dir():
+        path = path / "genotype.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{text} holds no genotype.json: is it a finished dnas-fast search?")
+    if path.is_file():
+        try:
+            return _from_json_value(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not JSON: {err}") from err
+    raise ValueError(
+        f"cannot read architecture {text[:80]!r}: give a run directory, a genotype.json, a Genotype(...) string, "
+        f"an NB201 arch string (|op~0|+...) or a known name ({', '.join(sorted(NAMED_GENOTYPES))})"
+    )
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """None means "the family's authors' value" (``FAMILY_DEFAULTS``); ``family`` None picks it from the
+    architecture (DARTS: ``imagenet`` on ``imagefolder`` data, else ``cifar``)."""
+
+    arch: str = "DARTS_V2"
+    family: str | None = None
+    data: str = "digits"
+    data_root: str | None = None
+    data_args: dict = field(default_factory=dict)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    lr_schedule: str | None = None
+    lr_min: float | None = None
+    lr_gamma: float | None = None
+    lr_decay_period: int | None = None
+    warmup_epochs: int | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    label_smoothing: float | None = None
+    auxiliary: bool | None = None
+    auxiliary_weight: float | None = None
+    drop_path_prob: float | None = None
+    cutout_length: int | None = None
+    dropout: float | None = None
+    C: int | None = None
+    layers: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    deterministic: bool = False
+    max_steps_per_epoch: int | None = None
+    num_workers: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def resolved(self, arch: Architecture) -> tuple["TrainConfig", dict]:
+        """(copy with every None filled from the family defaults, {setting: "user" | "authors"})."""
+        family = self.family or {"darts": "imagenet" if self.data == "imagefolder" else "cifar"}.get(
+            arch.kind, arch.kind
+        )
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+        if (arch.kind == "darts") != (family in ("cifar", "imagenet")) or (
+            arch.kind != "darts" and arch.kind != family
+        ):
+            raise ValueError(f"a {arch.kind} architecture cannot be trained as family {family!r}")
+        values, sources = dataclasses.asdict(self), {}
+        for key, default in FAMILY_DEFAULTS[family].items():
+            sources[key] = "user" if values[key] is not None else "authors"
+            if values[key] is None:
+                values[key] = default
+        if family == "mbconv" and sources["warmup_epochs"] == "authors" and values["batch_size"] <= 256:
+            values["warmup_epochs"] = 0  # TF-NAS warms up only batches above 256
+        values["family"] = family
+        config = TrainConfig(**values)
+        config.validate()
+        return config, sources
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.lr_min < 0:
+            raise ValueError(f"need lr > 0 and lr_min >= 0, got {self.lr}, {self.lr_min}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.drop_path_prob < 1 or not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("drop_path_prob, dropout and label_smoothing must lie in [0, 1)")
+        if self.cutout_length < 0 or self.warmup_epochs < 0:
+            raise ValueError("cutout_length and warmup_epochs must be >= 0")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of epoch ``epoch`` (the authors step their schedulers once per epoch, before it)."""
+        if self.lr_schedule == "cosine":
+            lr = self.lr_min + (self.lr - self.lr_min) * (1 + math.cos(math.pi * epoch / self.epochs)) / 2
+        else:
+            lr = self.lr * self.lr_gamma ** (epoch // self.lr_decay_period)
+        if epoch < self.warmup_epochs:  # TF-NAS: linear warm-up over the first epochs
+            lr *= (epoch + 1) / self.warmup_epochs
+        return lr
+
+
+def build_network(arch: Architecture, config: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
+    if config.family == "cifar":
+        return NetworkCIFAR(config.C, num_classes, config.layers, config.auxiliary, arch.value, in_channels)
+    if config.family == "imagenet":
+        return NetworkImageNet(config.C, num_classes, config.layers, config.auxiliary, arch.value, in_channels)
+    if config.family == "nb201":
+        return NB201Network(parse_nb201_arch_string(arch.value), config.C, config.layers, num_classes, in_channels)
+    net_config = {**arch.value, "in_channels": in_channels, "num_classes": num_classes}
+    return MBConvEvalNet(net_config, config.dropout)
+
+
+def cutout(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
+    """quark0/darts ``utils.Cutout`` per image of a normalised batch: zero a ``length`` square (clipped at the
+    border) centred at a random pixel. x (Tensor[N, C, H, W]) -> Tensor[N, C, H, W]."""
+    N, _, H, W = x.shape
+    cy, cx = torch.randint(0, H, (N,), generator=gen), torch.randint(0, W, (N,), generator=gen)
+    rows, cols = torch.arange(H), torch.arange(W)
+    inside_y = (rows >= (cy - length // 2).clamp(0, H)[:, None]) & (rows < (cy + length // 2).clamp(0, H)[:, None])
+    inside_x = (cols >= (cx - length // 2).clamp(0, W)[:, None]) & (cols < (cx + length // 2).clamp(0, W)[:, None])
+    keep = ~(inside_y[:, :, None] & inside_x[:, None, :])
+    return x * keep[:, None].to(x.device, x.dtype)
+
+
+def split_logits(out):
+    """(logits, logits_aux or None) from any evaluation network's output."""
+    return out if isinstance(out, tuple) else (out, None)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split, device, precision: str = "fp32", arch=None) -> dict:
+    """Loss, top-1 and top-5 accuracy (fractions) of ``model`` on ``split`` in eval mode."""
+    model.eval()
+    loss, top1, top5, seen = 0.0, 0, 0, 0
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for x, y in split:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, PRECISIONS[precision], enabled=PRECISIONS[precision] is not None):
+            logits, _ = split_logits(model(x) if arch is None else model(x, arch))
+        logits = logits.float()
+        loss += criterion(logits, y).item()
+        best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1 += (best[:, 0] == y).sum().item()
+        top5 += (best == y[:, None]).any(1).sum().item()
+        seen += len(y)
+    return {"test_loss": loss / seen, "test_acc": top1 / seen, "test_top5": top5 / seen}
+
+
+# ---- the training loop -----------------------------------------------------------------------------------
+class Trainer:
+    """Owns the network, the optimizer and the run directory (rank 0 writes it)."""
+
+    def __init__(self, config: TrainConfig, run_dir, rank: int = 0, world_size: int = 1):
+        from .search import pick_device
+
+        self.arch = resolve_architecture(config.arch)
+        self.config, self.sources = config.resolved(self.arch)
+        config = self.config
+        self.rank, self.world_size, self.run_dir = rank, world_size, Path(run_dir)
+        self.device = pick_device(config.device) if world_size == 1 else distributed.local_device(config.device)
+        torch.manual_seed(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.data = build_eval_data(
+            config.data,
+            root=config.data_root,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=config.num_workers,
+            **config.data_args,
+        )
+        if config.family in ("cifar", "imagenet") and config.auxiliary:
+            # the head pools 5x5 (stride 3 / 2) the map after the second reduction, then needs a 2x2 map
+            side = self.data.image_size // (4 if config.family == "cifar" else 32)
+            if (side - 5) // (3 if config.family == "cifar" else 2) + 1 < 2:
+                smallest = 32 if config.family == "cifar" else 224
+                raise ValueError(
+                    f"the auxiliary head needs images of at least {smallest}px, got {self.data.image_size}px: "
+                    f"pass --auxiliary false or data_args image_size"
+                )
+        self.net = build_network(self.arch, config, self.data.in_channels, self.data.num_classes).to(self.device)
+        shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
+        self.params_mb, self.macs_m = count_parameters_mb(self.net), count_macs_m(self.net, shape)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.net = self.net.to(memory_format=self.memory_format)
+        self.model = distributed.wrap(self.net) if world_size > 1 else self.net
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.optimizer = torch.optim.SGD(
+            self.net.parameters(),
+            config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
+        )
+        self.epoch = 0  # epochs completed
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def state(self) -> dict:
+        return {
+            "format": FORMAT, "config": dataclasses.asdict(self.config), "arch": self.arch.to_json(),
+            "epoch": self.epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+        }  # fmt: skip
+
+    def load(self, ckpt: dict) -> None:
+        ignore = ("device", "num_workers")
+        stored = {k: v for k, v in ckpt["config"].items() if k not in ignore}
+        clashes = {
+            k: (stored[k], v)
+            for k, v in dataclasses.asdict(self.config).items()
+            if k not in ignore and stored.get(k) != v
+        }
+        if clashes:
+            raise CheckpointError(f"--resume continues the stored run; these settings differ (stored, now): {clashes}")
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        self.epoch = ckpt["epoch"]
+
+    def header(self) -> dict:
+        settings = {
+            k: {"value": v, "source": self.sources.get(k, "user")} for k, v in dataclasses.asdict(self.config).items()
+        }
+        return {"header": True, "family": self.config.family, "architecture": self.arch.describe(),
+                "params_mb": self.params_mb, "macs_m": self.macs_m, "world_size": self.world_size,
+                "settings": settings}  # fmt: skip
+
+    def train_epoch(self) -> dict:
+        config, net = self.config, self.net
+        lr = config.lr_at(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if hasattr(net, "drop_path_prob"):
+            net.drop_path_prob = config.drop_path_prob * self.epoch / config.epochs
+        self.data.train.set_epoch(self.epoch)
+        self.model.train()
+        steps = len(self.data.train) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
+        autocast = dict(
+            device_type=self.device.type,
+            dtype=PRECISIONS[config.precision],
+            enabled=PRECISIONS[config.precision] is not None,
+        )
+        total_loss, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        bar = tqdm(
+            zip(range(steps), self.data.train),
+            total=min(steps, len(self.data.train)),
+            desc=f"epoch {self.epoch + 1}/{config.epochs}",
+            disable=None if self.rank == 0 else True,
+            leave=False,
+        )
+        start = time.perf_counter()
+        for b, (x, y) in bar:
+            if config.cutout_length:
+                x = cutout(x, config.cutout_length, generator(AUGMENT, config.seed, self.epoch, self.rank, 7, b))
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(**autocast):
+                logits, logits_aux = split_logits(self.model(x))
+                loss = self.criterion(logits.float(), y)
+                if logits_aux is not None:
+                    loss = loss + config.auxiliary_weight * self.criterion(logits_aux.float(), y)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            self.optimizer.step()
+            total_loss += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        train_loss = (total_loss / seen).item()
+        if not math.isfinite(train_loss):  # divergence guard: never checkpoint a non-finite network
+            raise FloatingPointError(
+                f"training diverged in epoch {self.epoch + 1} (mean loss {train_loss}); the checkpoint of epoch "
+                f"{self.epoch} is kept: lower --lr or use --precision fp32, then --resume"
+            )
+        return {"train_loss": train_loss, "train_acc": (correct / seen).item(), "lr": lr,
+                "drop_path_prob": getattr(net, "drop_path_prob", 0.0)}  # fmt: skip
+
+    def run(self, log=print, stop_after: int | None = None) -> dict:
+        from .search import peak_memory_mb
+
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.epoch == 0:
+                atomic_write_text(self.run_dir / "log.jsonl", json.dumps(self.header()) + "\n")
+                atomic_write_text(self.run_dir / "architecture.json", json.dumps(self.arch.to_json()) + "\n")
+            log(f"{self.config.family} network: {self.params_mb:.3f} M params, {self.macs_m:.1f} M MACs")
+        last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
+        record = None
+        while self.epoch < last:
+            start = time.perf_counter()
+            train = self.train_epoch()
+            if self.world_size > 1:  # DDP syncs BN statistics only at the start of a forward: take rank 0's
+                for buffer in self.net.buffers():
+                    torch.distributed.broadcast(buffer, 0)
+            test = evaluate(self.net, self.data.test, self.device, self.config.precision)
+            self.epoch += 1
+            record = {"epoch": self.epoch, **train, **test, "epoch_time": time.perf_counter() - start,
+                      "peak_memory_mb": peak_memory_mb(self.device)}  # fmt: skip
+            if self.rank == 0:
+                with open(self.run_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                log(
+                    f"epoch {self.epoch}/{self.config.epochs}  train {record['train_loss']:.3f}/"
+                    f"{record['train_acc']:.3f}  test {record['test_loss']:.3f}/{record['test_acc']:.4f} "
+                    f"(top-5 {record['test_top5']:.4f})  lr {train['lr']:.2e}  {record['epoch_time']:.1f}s"
+                )
+                atomic_torch_save(self.state(), self.checkpoint_path)
+            if self.world_size > 1:
+                distributed.barrier()
+        return self.finish(record)
+
+    def finish(self, record) -> dict:
+        if record is None:  # nothing left to train: measure the stored network
+            record = {"epoch": self.epoch, **evaluate(self.net, self.data.test, self.device, self.config.precision)}
+        result = {"epochs": self.epoch, "test_acc": record["test_acc"], "test_top5": record["test_top5"],
+                  "test_loss": record["test_loss"], "params_mb": self.params_mb, "macs_m": self.macs_m,
+                  "family": self.config.family, "data": self.config.data}  # fmt: skip
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=1) + "\n")
+        return result
+
+
+def truncate_train_log(run_dir: Path, epochs_done: int) -> None:
+    path = run_dir / "log.jsonl"
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs_done]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def load_train_checkpoint(path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except Exception as err:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(f"checkpoint {path} is corrupt: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dnas-fast train checkpoint (expected format {FORMAT})")
+    return ckpt
+
+
+def run_train(config: TrainConfig, run_dir, resume=False, rank=0, world_size=1, log=print, stop_after=None) -> dict:
+    """Train (or resume) in ``run_dir``; returns the result (test accuracy, params, MACs)."""
+    run_dir = Path(run_dir)
+    if not resume and rank == 0 and (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume or pick a new --out")
+    trainer = Trainer(config, run_dir, rank, world_size)
+    if resume:
+        trainer.load(load_train_checkpoint(run_dir / "checkpoint.pt"))
+        if rank == 0:
+            truncate_train_log(run_dir, trainer.epoch)
+    return trainer.run(log=log, stop_after=stop_after)
+
+
+# ---- the child network of a search -----------------------------------------------------------------------
+def child_arch_weights(space, strategy) -> dict:
+    """One-hot ArchWeights of the derived child: only the chosen op of each kept edge runs (the rest of the
+    supernet is skipped), so the child computes with exactly the weights it inherits from the supernet."""
+    from .arch import ArchWeights
+    from .spaces.darts_cell import DartsSpace
+
+    spec, scores = space.arch_spec(), strategy.scores()
+    device = next(space.parameters()).device
+    chosen = {}
+    if isinstance(space, DartsSpace):
+        genotype = space.derive(scores)
+        for group, gene in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+            names, mask = (
+                spec[group].op_names,
+                torch.zeros(spec[group].num_edges, len(spec[group].op_names), dtype=torch.bool),
+            )
+            for pair, (op, j) in enumerate(gene):
+                node = pair // 2
+                mask[sum(2 + i for i in range(node)) + j, names.index(op)] = True
+            chosen[group] = mask
+    else:
+        for group, g in spec.items():
+            s = scores[group].masked_fill(~g.allowed, float("-inf")) if g.allowed is not None else scores[group]
+            chosen[group] = torch.zeros_like(s, dtype=torch.bool).scatter_(1, s.argmax(1, keepdim=True), True)
+    return {
+        group: ArchWeights(mask.to(device=device, dtype=torch.float32), mask=mask) for group, mask in chosen.items()
+    }
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, device, arch) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them as exact averages over ``batches``
+    (train mode, no gradient); returns the number of batches used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    n = 0
+    for x, _ in batches:
+        model(x.to(device), arch)
+        n += 1
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    return n
+
+
+def eval_child(run_dir, recal_batches: int = 20, device: str = "auto", log=print) -> dict:
+    """Supernet vs. child accuracy on the search's validation split, the child with and without BN recalibration."""
+    from .data import build_search_data
+    from .search import describe, pick_device
+    from .spaces import build_space
+    from .strategies import build_strategy
+
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    dev = pick_device(device)
+    c = ckpt["config"]
+    space = build_space(ckpt["space"], **ckpt["space_config"]).to(dev)
+    space.load_state_dict(ckpt["model"])
+    strategy = build_strategy(ckpt["strategy"], **c["strategy_args"])
+    strategy.setup(space.arch_spec(), dev)
+    strategy.load_state_dict(ckpt["strategy_state"])
+    data = build_search_data(
+        c["data"],
+        root=c["data_root"],
+        batch_size=c["batch_size"],
+        train_portion=c["train_portion"],
+        seed=c["seed"],
+        num_workers=c["num_workers"],
+        **c["data_args"],
+    )
+    data.train.set_epoch(0)
+    strategy.on_epoch_start(ckpt["epoch"], c["epochs"])
+    result = {"epochs_searched": ckpt["epoch"], "architecture": describe(strategy.derive(space))[0]}
+    result["supernet_acc"] = evaluate(space, data.valid, dev, arch=strategy.arch_weights("eval"))["test_acc"]
+    child = child_arch_weights(space, strategy)
+    result["child_acc"] = evaluate(space, data.valid, dev, arch=child)["test_acc"]
+    used = recalibrate_bn(space, (b for _, b in zip(range(recal_batches), data.train)), dev, child)
+    result["child_recalibrated_acc"] = evaluate(space, data.valid, dev, arch=child)["test_acc"]
+    result["recal_batches"] = used
+    atomic_write_text(run_dir / "eval_child.json", json.dumps(result, indent=1) + "\n")
+    log(
+        f"supernet {result['supernet_acc']:.4f}  child {result['child_acc']:.4f}  "
+        f"child + BN recalibration ({used} batches) {result['child_recalibrated_acc']:.4f}  (search valid split)"
+    )
+    return result
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def register_cli(subparsers) -> None:
+    from .cli import _json_arg
+
+    p = subparsers.add_parser("train", help="train a derived architecture from scratch and report test accuracy")
+    p.add_argument(
+        "arch",
+        metavar="GENOTYPE",
+        nargs="?",
+        help="run dir, genotype.json, Genotype(...) string, known name (DARTS_V2, ...) or NB201 string "
+        "(not needed with --resume)",
+    )
+    parse = {int: int, float: float, bool: _bool, str: str, dict: _json_arg}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "arch":
+            kind = next(t for t in parse if t.__name__ in str(f.type))  # "int | None" -> int
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse[kind], default=None)
+    p.add_argument("--out", help="run directory (default runs/train-<arch>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--stop-after", type=int, help="train at most this many epochs now (resume later)")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (torch.set_num_threads)")
+    p.set_defaults(func=cmd_train)
+    p = subparsers.add_parser("eval-child", help="accuracy of a search's child network with inherited weights")
+    p.add_argument("run_dir")
+    p.add_argument("--recal-batches", type=int, default=20, help="train batches for BN recalibration")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval_child)
+
+
+def cmd_train(args) -> int:
+    from .plots import plot_run
+
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out RUN_DIR")
+        values = {**load_train_checkpoint(Path(args.out) / "checkpoint.pt")["config"], **values}
+    elif args.arch is None:
+        raise ValueError("GENOTYPE is required (or --resume --out RUN_DIR)")
+    config = TrainConfig.from_dict(values)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(config.arch).name[:32])
+    out = args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rank, world_size = distributed.init(config.device)
+    try:
+        result = run_train(
+            config, out, resume=args.resume, rank=rank, world_size=world_size, stop_after=args.stop_after
+        )
+        if rank == 0:
+            plot_run(out)
+            print(f"run directory: {out}")
+            print(json.dumps(result))
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def cmd_eval_child(args) -> int:
+    eval_child(args.run_dir, args.recal_batches, args.device)
+    return 0
+
+
+__all__ = ["Architecture", "TrainConfig", "Trainer", "eval_child", "resolve_architecture", "run_train"]
