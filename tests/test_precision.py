@@ -18,7 +18,7 @@ from dnas_fast.precision import Precision
 from dnas_fast.strategies import StepContext
 
 SLACK, FLOOR = 3.0, 1e-3
-CPU_BACKENDS = ["fused"] + (["cpu"] if _ext.available("cpu") else [])
+CPU_BACKENDS = ["fused", "batched"] + (["cpu"] if _ext.available("cpu") else [])
 
 
 def tiny_search(seed=0, device="cpu", batch=8, size=16):

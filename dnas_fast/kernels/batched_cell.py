@@ -36,6 +36,7 @@ from torch import nn
 
 from .. import _backend
 from ..mixed_edge import MixedEdge, strided_shape
+from ..precision import autocast_state, restore_autocast
 from .fused_edge import REF_PRIMS, _ConvProgram, _ext_module, edge_spec, ext_prims, fused_edge_forward
 
 BACKEND = "batched"
@@ -101,6 +102,7 @@ class _RunningStats:
     def add(self, bns, h, shared):
         """``h``: Tensor[N, n * C, H, W] (its channel blocks belong to ``bns``) or the one input of ``shared`` BNs."""
         var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=1)  # unbiased, like nn.BatchNorm2d
+        var, mean = var.to(bns[0].running_var.dtype), mean.to(bns[0].running_mean.dtype)  # fp32 under autocast
         n = len(bns)
         self.bns += bns
         self.means += [mean] * n if shared else list(mean.chunk(n))
@@ -431,12 +433,17 @@ class BlockFunction(torch.autograd.Function):
     def forward(ctx, plan, x, weights, aux_weight, *params):
         flat = _flat_params(params)
         out = block_forward(plan, x, weights, aux_weight, _stacked_views(plan, flat, [p.shape for p in params]))
-        ctx.plan = plan
+        ctx.plan, ctx.autocast = plan, autocast_state(x.device.type)  # what torch.amp.custom_fwd does, any device
         ctx.save_for_backward(x, weights, aux_weight, *params)  # references: the concatenation is redone
         return out
 
     @staticmethod
     def backward(ctx, g):
+        with restore_autocast(ctx.autocast):  # the recomputed convs run in the forward's dtypes
+            return BlockFunction._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         if torch.is_grad_enabled():
             raise RuntimeError("the batched cell backward is not differentiable (create_graph=True); use "
                                "backend='reference' for higher-order gradients")  # fmt: skip
