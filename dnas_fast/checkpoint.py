@@ -1,6 +1,7 @@
 """Atomic, self-describing search checkpoints."""
 
 import os
+import pickle
 import random
 import tempfile
 
@@ -56,15 +57,38 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path) -> dict:
-    """Load and sanity-check a search checkpoint; raises CheckpointError with the reason."""
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
+# The only non-tensor, non-builtin types a checkpoint holds: numpy's RNG state (an ndarray of uint32 keys).
+SAFE_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
+
+
+def safe_load(path):
+    """``torch.load`` that runs no code from the file: ``weights_only=True`` with :data:`SAFE_GLOBALS` allowed;
+    a file that needs anything more is refused with a :class:`CheckpointError` (a shared checkpoint could
+    otherwise execute arbitrary code on ``dnas-fast derive`` or ``--resume``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        why = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler" in line), str(err))
+        raise CheckpointError(
+            f"refusing to load {path}: it needs types outside the checkpoint allow-list, which could run code ({why})"
+        ) from err
     except Exception as err:  # torch raises many types for truncated / foreign files
         raise CheckpointError(f"checkpoint {path} is corrupt or not a dnas_fast checkpoint: {err}") from err
+
+
+def load_checkpoint(path) -> dict:
+    """Load and sanity-check a search checkpoint; raises CheckpointError with the reason."""
+    path = os.fspath(path)
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dnas_fast search checkpoint (expected format {FORMAT})")
     return ckpt

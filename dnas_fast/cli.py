@@ -160,10 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
+    from .guard import DivergedError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except DivergedError as err:
+        print(f"dnas-fast {args.command}: {err}", file=sys.stderr)
+        return 3
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
         print(f"dnas-fast {args.command}: error: {err}", file=sys.stderr)
         return 2

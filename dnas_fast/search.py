@@ -4,8 +4,10 @@ Defaults are the DARTS paper's CIFAR-10 search settings (SGD momentum 0.9, lr 0.
 weight decay 3e-4, grad clip 5, batch 64, 50 epochs; alphas: Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
 """
 
+import contextlib
 import dataclasses
 import json
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from .checkpoint import (
 )
 from .data import build_search_data
 from .genotype import Genotype, genotype_to_json
+from .guard import DivergedError, DivergenceGuard
 from .precision import PRECISIONS, Precision
 from .spaces import build_space
 from .strategies import StepContext, build_strategy
@@ -107,6 +110,16 @@ def describe(derived) -> tuple[str, str]:
     return str(derived), json.dumps(derived)
 
 
+@contextlib.contextmanager
+def blame_args(kind: str, name: str, user_args: dict):
+    """A one-line ValueError naming the user's ``--{kind}-args`` when building from them fails (a wrong key or a
+    wrong type, e.g. ``{"C": "x"}``, surfaces deep inside a constructor as a TypeError)."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{kind} {name!r} cannot be built with --{kind}-args {user_args}: {err}") from err
+
+
 class Searcher:
     """Owns the space, the strategy, the optimizers and the run directory (rank 0 writes it)."""
 
@@ -123,11 +136,18 @@ class Searcher:
             config.data, root=config.data_root, batch_size=config.batch_size, train_portion=config.train_portion,
             seed=config.seed, rank=rank, world_size=world_size, num_workers=config.num_workers, **config.data_args,
         )  # fmt: skip
-        self.strategy = build_strategy(config.strategy, **config.strategy_args)
-        space_args = dict(in_channels=self.data.in_channels, num_classes=self.data.num_classes, **config.space_args)
+        with blame_args("strategy", config.strategy, config.strategy_args):
+            self.strategy = build_strategy(config.strategy, **config.strategy_args)
+        from_data = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes}
+        clash = sorted(set(from_data) & set(config.space_args))
+        if clash:
+            raise ValueError(f"--space-args may not set {clash}: the data set {config.data!r} sets them ({from_data})")
+        space_args = {**from_data, **config.space_args}
         if config.backend is not None:
             space_args["backend"] = config.backend
-        self.space = build_space(config.space, **self.strategy.adapt_space_config(space_args)).to(self.device)
+        space_args = self.strategy.adapt_space_config(space_args)
+        with blame_args("space", config.space, config.space_args):
+            self.space = build_space(config.space, **space_args).to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.space.to(memory_format=self.memory_format)
         self.precision = Precision(config.precision, self.device)
@@ -137,9 +157,11 @@ class Searcher:
         self.w_optimizer = torch.optim.SGD(
             self.space.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        self.a_optimizer = self.strategy.make_arch_optimizer()
+        with blame_args("strategy", config.strategy, config.strategy_args):
+            self.a_optimizer = self.strategy.make_arch_optimizer()
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, config.lr_min)
         self.epoch = 0  # epochs completed
+        self.guard = DivergenceGuard(self.device)
 
     # ---- persistence --------------------------------------------------------------------------------
     @property
@@ -164,6 +186,7 @@ class Searcher:
         }
 
     def save(self) -> None:
+        self.guard.check(self.epoch - 1)  # never overwrite the last good checkpoint with a diverged state
         if self.rank == 0:
             atomic_torch_save(self.state(), self.checkpoint_path)
         if self.world_size > 1:  # no rank may run ahead (and, say, resume) before the checkpoint exists
@@ -198,7 +221,7 @@ class Searcher:
             model=self.model, module=self.space, criterion=self.criterion, w_optimizer=self.w_optimizer,
             a_optimizer=self.a_optimizer, lr=self.scheduler.get_last_lr()[0], grad_clip=self.config.grad_clip,
             epoch=self.epoch, sync_grads=distributed.all_reduce_grads if self.world_size > 1 else (lambda p: None),
-            precision=self.precision,
+            precision=self.precision, guard=self.guard,
         )  # fmt: skip
 
     def batches(self, split):
@@ -208,6 +231,7 @@ class Searcher:
     def train_epoch(self) -> dict:
         config, strategy = self.config, self.strategy
         strategy.on_epoch_start(self.epoch, config.epochs)
+        self.guard.start_epoch()
         self.data.train.set_epoch(self.epoch)
         self.data.valid.set_epoch(self.epoch)
         self.space.train()
@@ -227,13 +251,20 @@ class Searcher:
                 except StopIteration:
                     valid_iter = self.batches(self.data.valid)
                     xv, yv = next(valid_iter)
-                strategy.arch_step(ctx, (x, y), (xv, yv))
+                arch_loss = strategy.arch_step(ctx, (x, y), (xv, yv)).get("arch_loss")
+                if arch_loss is not None:
+                    self.guard.watch("architecture loss", arch_loss)
             loss, logits = strategy.weight_step(ctx, (x, y))
+            self.guard.watch("loss", loss)
+            self.guard.watch_parameters("architecture parameters", strategy.arch_parameters())
+            self.guard.step()
             total_loss += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             if not bar.disable:  # .item() syncs with the device: only when a bar is shown
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                self.guard.check(self.epoch)  # the device has just synced for the loss: stop at once
+        self.guard.check(self.epoch)
         self.scheduler.step()
         return {"train_loss": (total_loss / seen).item(), "train_acc": (correct / seen).item()}
 
@@ -249,6 +280,8 @@ class Searcher:
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         self.space.train()
+        if not math.isfinite(total_loss):  # e.g. non-finite batch-norm statistics behind finite weights
+            raise DivergedError(f"diverged: non-finite validation loss after epoch {self.epoch + 1}; nothing saved")
         return {"valid_loss": total_loss / seen, "valid_acc": correct / seen}
 
     def epoch_record(self, train: dict, valid: dict, seconds: float) -> dict:
@@ -287,6 +320,7 @@ class Searcher:
         return self.finish()
 
     def finish(self):
+        self.guard.check(self.epoch - 1)
         derived = self.strategy.derive(self.space)
         if self.rank == 0:
             text, as_json = describe(derived)

@@ -14,7 +14,7 @@ import torch
 from . import _IN_MEMORY, _check, known_datasets
 from .imagefolder import FolderImages, FolderSplit, scan_folder
 from .memory import InMemory, TensorSplit
-from .sources import CIFAR_FORMATS, _cifar_folder
+from .sources import CIFAR_FORMATS, _cifar_folder, npz_arrays
 from .splits import Split, seeded_pool
 
 # The digits ship without a test split: this seeded share of them is held out instead.
@@ -50,11 +50,7 @@ def _cifar_test(name: str, root, train: InMemory) -> InMemory:
 
 
 def _npz_test(root, train: InMemory) -> InMemory:
-    with np.load(Path(root)) as f:
-        missing = {"x_test", "y_test"} - set(f.files)
-        if missing:
-            raise ValueError(f"{root} lacks {sorted(missing)}, which training from scratch evaluates on")
-        x, y = f["x_test"], f["y_test"]
+    x, y = npz_arrays(Path(root), ("x_test", "y_test"))
     if x.dtype != np.uint8 or x.shape[1:3] != tuple(train.x.shape[2:]) or len(y) != len(x):
         raise ValueError(f"{root}: x_test must be uint8 images shaped like x_train, with one y_test label each")
     x = torch.from_numpy(x.reshape(*x.shape[:3], -1)).permute(0, 3, 1, 2).contiguous()

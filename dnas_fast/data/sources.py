@@ -71,6 +71,21 @@ def load_cifar(name: str, root) -> InMemory:
     return InMemory(x, y, 1 / 255, mean, std, num_classes, crop_padding=4, flip=True)
 
 
+def npz_arrays(path, keys) -> list[np.ndarray]:
+    """The arrays ``keys`` of an .npz, numeric only (object arrays would need pickle, which may run code)."""
+    with np.load(path, allow_pickle=False) as f:
+        missing = set(keys) - set(f.files)
+        if missing:
+            raise ValueError(f"{path} lacks {sorted(missing)}; it holds {sorted(f.files)}")
+        try:
+            return [f[key] for key in keys]
+        except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+            raise ValueError(
+                f"{path}: {list(keys)} must be plain numeric arrays (uint8 images, integer labels), not object "
+                f"arrays: save them with np.savez(path, x_train=np.asarray(x, np.uint8), ...) ({err})"
+            ) from err
+
+
 def load_npz(root) -> InMemory:
     """Training arrays of an ``.npz``: ``x_train`` uint8 ``[N, H, W, 3]`` or ``[N, H, W]``, ``y_train`` int ``[N]``.
 
@@ -82,11 +97,7 @@ def load_npz(root) -> InMemory:
     path = Path(root)
     if not path.is_file():
         raise FileNotFoundError(f"npz: no file at {path} (expected an .npz with x_train and y_train)")
-    with np.load(path) as f:
-        missing = {"x_train", "y_train"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} lacks {sorted(missing)}; it holds {sorted(f.files)}")
-        x, y = f["x_train"], f["y_train"]
+    x, y = npz_arrays(path, ("x_train", "y_train"))
     if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
         raise ValueError(f"{path}: x_train must be uint8 [N, H, W, 3] or [N, H, W], got {x.dtype} {list(x.shape)}")
     if x.shape[1] != x.shape[2]:

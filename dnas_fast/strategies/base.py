@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchWeights, EdgeGroup
+from ..guard import DivergenceGuard
 from ..precision import Precision
 from .diagnostics import dominant_hessian_eigenvalue, preserved_buffers, reference_backend
 from .schedules import AUX_SKIP_SCHEDULES, aux_skip_beta
@@ -80,6 +81,13 @@ class StepContext:
     epoch: int = 0
     sync_grads: callable = field(default=lambda params: None)  # all-reduce of gradients (DDP)
     precision: Precision = field(default_factory=Precision)  # autocast of the forward, fp16 loss scaling
+    guard: DivergenceGuard | None = None  # device-side non-finite checks (the loop reads them)
+
+    def watch_grad_norm(self, norm: torch.Tensor) -> None:
+        """Hand a clipped gradient norm to the divergence guard; under fp16 an inf norm is the loss scaler's
+        business (it skips that step and lowers the scale), not a divergence."""
+        if self.guard is not None and self.precision.name != "fp16":
+            self.guard.watch("gradient norm", norm)
 
 
 class Strategy(nn.Module):
@@ -251,7 +259,7 @@ class Strategy(nn.Module):
         loss, logits = self.loss(ctx, *train_batch, "weights")
         ctx.precision.scale(loss, "weights").backward()
         ctx.precision.unscale_("weights", ctx.w_optimizer)
-        nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip)
+        ctx.watch_grad_norm(nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip))
         optimizers = [ctx.w_optimizer]
         if single_level:
             ctx.sync_grads(self.arch_parameters())

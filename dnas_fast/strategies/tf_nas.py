@@ -275,7 +275,7 @@ class TFNAS(Strategy):
             total = total + loss.detach()
             first_logits = logits.detach() if first_logits is None else first_logits
         ctx.precision.unscale_("weights", ctx.w_optimizer)
-        nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip)
+        ctx.watch_grad_norm(nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip))
         ctx.precision.step("weights", ctx.w_optimizer)
         return total, first_logits
 
