@@ -43,6 +43,7 @@ from .genotype import (
     parse_nb201_arch_string,
 )
 from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
+from .precision import PRECISIONS, Precision
 
 FORMAT = "dnas_fast.train/1"
 FAMILIES = ("cifar", "imagenet", "nb201", "mbconv")
@@ -72,7 +73,6 @@ FAMILY_DEFAULTS = {
                "warmup_epochs": 5, "label_smoothing": 0.1, "dropout": 0.2, "C": 0, "layers": 0},
 }  # fmt: skip
 LR_SCHEDULES = ("cosine", "step")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 # ---- architectures ---------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def evaluate(model: nn.Module, split, device, precision: str = "fp32", arch=None
     criterion = nn.CrossEntropyLoss(reduction="sum")
     for x, y in split:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, PRECISIONS[precision], enabled=PRECISIONS[precision] is not None):
+        with Precision(precision, device).autocast():
             logits, _ = split_logits(model(x) if arch is None else model(x, arch))
         logits = logits.float()
         loss += criterion(logits, y).item()
@@ -320,6 +320,7 @@ class Trainer:
         self.net = self.net.to(memory_format=self.memory_format)
         self.model = distributed.wrap(self.net) if world_size > 1 else self.net
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.precision = Precision(config.precision, self.device)
         self.optimizer = torch.optim.SGD(
             self.net.parameters(),
             config.lr,
@@ -338,6 +339,7 @@ class Trainer:
             "format": FORMAT, "config": dataclasses.asdict(self.config), "arch": self.arch.to_json(),
             "epoch": self.epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
+            "precision": self.precision.state_dict(),
         }  # fmt: skip
 
     def load(self, ckpt: dict) -> None:
@@ -352,6 +354,7 @@ class Trainer:
             raise CheckpointError(f"--resume continues the stored run; these settings differ (stored, now): {clashes}")
         self.net.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.precision.load_state_dict(ckpt["precision"])
         set_rng_state(ckpt["rng"])
         self.epoch = ckpt["epoch"]
 
@@ -373,11 +376,7 @@ class Trainer:
         self.data.train.set_epoch(self.epoch)
         self.model.train()
         steps = len(self.data.train) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
-        autocast = dict(
-            device_type=self.device.type,
-            dtype=PRECISIONS[config.precision],
-            enabled=PRECISIONS[config.precision] is not None,
-        )
+        precision = self.precision
         total_loss, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         bar = tqdm(
             zip(range(steps), self.data.train),
@@ -393,15 +392,16 @@ class Trainer:
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(**autocast):
+            with precision.autocast():
                 logits, logits_aux = split_logits(self.model(x))
                 loss = self.criterion(logits.float(), y)
                 if logits_aux is not None:
                     loss = loss + config.auxiliary_weight * self.criterion(logits_aux.float(), y)
-            loss.backward()
+            precision.scale(loss, "weights").backward()
+            precision.unscale_("weights", self.optimizer)  # before clipping
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            self.optimizer.step()
+            precision.step("weights", self.optimizer)
             total_loss += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
