@@ -32,7 +32,15 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    safe_load,
+    set_rng_state,
+)
 from .data.evaluation import build_eval_data
 from .data.splits import AUGMENT, generator
 from .genotype import (
@@ -470,12 +478,7 @@ def truncate_train_log(run_dir: Path, epochs_done: int) -> None:
 
 
 def load_train_checkpoint(path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}") from None
-    except Exception as err:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt: {err}") from err
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dnas-fast train checkpoint (expected format {FORMAT})")
     return ckpt
