@@ -32,16 +32,20 @@ class ArchWeights:
     mask (Tensor[E, K] bool, CPU, optional): ops that run; others are skipped entirely.
     aux (Tensor[] optional): DARTS- auxiliary skip weight beta, shared by all edges.
     straight_through: inactive ops still pass a gradient to their weight (GDAS-style).
+    edge_scale (Tensor[E] optional): a factor on each edge's whole output, bypassed channels and aux skip
+        included (PC-DARTS edge normalisation: ``s = sum_e beta_e * MixedOp_e(h_e)``).
     """
 
     weights: torch.Tensor
     mask: torch.Tensor | None = None
     aux: torch.Tensor | None = None
     straight_through: bool = False
+    edge_scale: torch.Tensor | None = None
 
     def edge_args(self, e: int) -> tuple:
         mask = None if self.mask is None else self.mask[e]
-        return self.weights[e], mask, self.aux, self.straight_through
+        scale = None if self.edge_scale is None else self.edge_scale[e]
+        return self.weights[e], mask, self.aux, self.straight_through, scale
 
 
 def check_arch(arch: dict, spec: dict[str, EdgeGroup]) -> None:

@@ -79,7 +79,7 @@ class MixedEdge(nn.Module):
             f"partial_channels={self.partial_channels}, aux_skip={self.aux is not None}"
         )
 
-    def forward(self, x, weights, mask=None, aux_weight=None, straight_through=False):
+    def forward(self, x, weights, mask=None, aux_weight=None, straight_through=False, scale=None):
         """
         Args:
             x (Tensor[N, C, H, W]): edge input.
@@ -87,12 +87,23 @@ class MixedEdge(nn.Module):
             mask (Tensor[K] bool, CPU, optional): active ops; inactive ones are not computed at all.
             aux_weight (Tensor[] optional): weight of the auxiliary skip path (needs ``aux_skip=True``).
             straight_through: inactive ops still add ``w_k`` (GDAS trick) so their weight gets a gradient.
+            scale (Tensor[] optional): factor on the whole output, bypassed channels and aux skip included
+                (PC-DARTS edge normalisation).
         Returns:
             Tensor[N, C_out, ceil(H / stride), ceil(W / stride)]
         """
         self._check_inputs(x, weights, mask, aux_weight)
         backend = _backend.resolve_backend(self.backend, x.device, self)
-        return backend.forward(self, x, weights, mask, aux_weight, straight_through)
+        if scale is None:
+            return backend.forward(self, x, weights, mask, aux_weight, straight_through)
+        if backend.name == "reference":  # the authors' formula: weights2[e] * MixedOp_e(h_e, weights[e])
+            return scale * backend.forward(self, x, weights, mask, aux_weight, straight_through)
+        # fused: the scale folds into the op and aux weights (no extra pass); only the bypass needs it added
+        aux_weight = None if aux_weight is None else aux_weight * scale
+        out = backend.forward(self, x, weights * scale, mask, aux_weight, straight_through)
+        if self.partial_channels > 1:
+            out = ScaledBypass.apply(out, x, scale, self.partial_channels, self.stride)
+        return out
 
     def _check_inputs(self, x, weights, mask, aux_weight):
         if x.dim() != 4 or x.shape[1] != self.C:
@@ -116,6 +127,47 @@ class MixedEdge(nn.Module):
         return strided_shape(x, self.stride, self.C_out)
 
 
+def bypass_of(x: torch.Tensor, K: int, stride: int) -> torch.Tensor:
+    """The channels PC-DARTS passes around the ops (2x2 max-pooled on stride 2), Tensor[N, C - C/K, H', W']."""
+    bypass = x[:, x.shape[1] // K :]
+    return F.max_pool2d(bypass, 2, 2, ceil_mode=True) if stride == 2 else bypass
+
+
+def _bypass_slots(out: torch.Tensor, K: int) -> torch.Tensor:
+    """View of the bypass channels inside a channel-shuffled edge output, laid out as ``bypass_of``'s
+    ``[N, K - 1, C/K, H', W']``: cat channel ``i * C/K + j`` sits at output channel ``j * K + i``."""
+    N, C, H, W = out.shape
+    return out.view(N, C // K, K, H, W)[:, :, 1:].transpose(1, 2)
+
+
+class ScaledBypass(torch.autograd.Function):
+    """``out`` (a fused edge output whose op and aux terms are already scaled) with ``(scale - 1) * bypass``
+    added in place on its bypass channels, so the whole edge output is scaled. Saves nothing new: the bypass is
+    recomputed from ``x`` (which the fused edge keeps anyway) in backward."""
+
+    @staticmethod
+    def forward(ctx, out, x, scale, K, stride):
+        bypass = bypass_of(x, K, stride)
+        slots = _bypass_slots(out, K)
+        slots += (scale - 1).to(out.dtype) * bypass.reshape(slots.shape)
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(x, scale)
+        ctx.K, ctx.stride = K, stride
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, scale = ctx.saved_tensors
+        K, stride = ctx.K, ctx.stride
+        with torch.enable_grad():
+            xb = x.detach().requires_grad_()
+            bypass = bypass_of(xb, K, stride)
+            g_bypass = _bypass_slots(g, K).reshape(bypass.shape)
+            d_scale = (g_bypass * bypass.detach()).sum().to(scale.dtype)
+            (dx,) = torch.autograd.grad(bypass, xb, g_bypass * (scale - 1).to(g.dtype))
+        return g, dx, d_scale, None, None
+
+
 def active_ops(edge: MixedEdge, mask):
     """Indices of the ops that run; a host-side list (mask is a CPU tensor by contract)."""
     K = len(edge.op_names)
@@ -136,10 +188,7 @@ def reference_forward(edge: MixedEdge, x, weights, mask=None, aux_weight=None, s
     if straight_through and inactive:
         out = out + weights[inactive].sum()
     if pc > 1:
-        bypass = x[:, edge.C // pc :]
-        if edge.stride == 2:
-            bypass = F.max_pool2d(bypass, 2, 2, ceil_mode=True)
-        out = channel_shuffle(torch.cat([out, bypass], dim=1), pc)
+        out = channel_shuffle(torch.cat([out, bypass_of(x, pc, edge.stride)], dim=1), pc)
     if aux_weight is not None:
         out = out + aux_weight * edge.aux(x)
     return out

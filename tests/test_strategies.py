@@ -1,6 +1,7 @@
 """Each strategy's mechanism (SNAS, DARTS-, ASAP, PC-DARTS; PR-DARTS in test_pr_darts.py) and a resumable CLI
 search for every one."""
 
+import dataclasses
 import json
 import math
 import time
@@ -233,7 +234,7 @@ def test_aux_skip_changes_output_before_and_not_after(name):
 
     def outputs():
         arch = strategy.arch_weights("eval")
-        plain = {g: ArchWeights(a.weights, a.mask) for g, a in arch.items()}
+        plain = {g: dataclasses.replace(a, aux=None) for g, a in arch.items()}
         with torch.no_grad():
             return model(x, arch), model(x, plain)
 
@@ -359,7 +360,9 @@ def test_pc_darts_edge_normalisation_and_genotype():
         idx = [e for e, m in enumerate(nodes) if m == n]
         assert_close(f"edge softmax node {n}", edge_w[idx], F.softmax(strategy.betas["normal"][idx], 0), atol=1e-7)
     ops = F.softmax(strategy.alphas["normal"], -1)
-    assert_close("w_jk", strategy.arch_weights("weights")["normal"].weights, ops * edge_w[:, None], atol=1e-7)
+    arch = strategy.arch_weights("weights")["normal"]  # beta scales the whole edge output, not the op weights
+    assert_close("op weights", arch.weights, ops, atol=1e-7)
+    assert_close("edge scale", arch.edge_scale, edge_w, atol=1e-7)
     scores = strategy.scores()
     names = strategy.spec["normal"].op_names
     assert strategy.derive(model) == darts_genotype(scores["normal"], scores["reduce"], names)

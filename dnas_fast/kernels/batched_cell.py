@@ -475,6 +475,8 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
     last nodes (DARTS, NB-201). Appends the nodes to ``states`` and returns it.
     """
     x0 = states[0]
+    if arch.edge_scale is not None:  # PC-DARTS edge scales run per edge (the blocks do not scale their outputs)
+        return None
     if not training or not all(_backend.resolve_backend(e.backend, x0.device, e).name == BACKEND for e in edges):
         return None
     blocks = _blocks(edges, sources)

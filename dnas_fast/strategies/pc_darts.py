@@ -5,8 +5,11 @@ What the paper changes, with the authors' defaults (yuhuixu1993/PC-DARTS ``train
 - partial channels (Sec. 3.2): ``1/K`` of the channels go through the ops, the rest bypass, then channel
   shuffle; K = 4 on CIFAR, 2 on ImageNet (``imagenet=True`` spaces). Set on the space via
   ``adapt_space_config``; the MixedEdge does the rest.
-- edge normalisation (Sec. 3.3, eq. 4): one beta per incoming edge of each node; the edge's op weights become
-  ``softmax(alpha_e)_k * softmax_{e' -> node}(beta)_e``, folded into the edge weights.
+- edge normalisation (Sec. 3.3, eq. 4; ``model_search.py`` ``Cell.forward``:
+  ``s = sum(weights2[offset + j] * self._ops[offset + j](h, weights[offset + j]))``): one beta per incoming edge
+  of each node; ``softmax_{e' -> node}(beta)_e`` scales the WHOLE edge output, the bypassed channels included
+  (``ArchWeights.edge_scale``), so beta also gets a gradient through the bypass. The fused backends fold the
+  scale into the op weights and add ``(beta - 1) * bypass`` on the bypass channels (one pass over them).
 - warm-up: alphas and betas frozen for the first 15 epochs; alphas Adam lr 6e-4 (wd 1e-3).
 - genotype from op weight times edge weight (the authors' ``_parse(softmax(alpha) * edge weights)``).
 The authors' search loop also uses batch 256 and weight lr 0.1 (search-loop settings, not the strategy's).
@@ -51,8 +54,7 @@ class PcDarts(Darts):
         return F.softmax(self.betas[group].masked_fill(~incoming, float("-inf")), dim=-1).sum(0)
 
     def relax(self, group: str, phase: str) -> ArchWeights:
-        weights = self.probabilities(group) * self.edge_weights(group)[:, None]
-        return ArchWeights(weights, mask=self.static_mask(group))
+        return ArchWeights(self.probabilities(group), mask=self.static_mask(group), edge_scale=self.edge_weights(group))
 
     def scores(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():
