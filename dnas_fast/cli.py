@@ -43,8 +43,11 @@ SEARCH_FLAGS = {
     "space": str, "space_args": _json_arg, "strategy": str, "strategy_args": _json_arg, "data": str,
     "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": int, "train_portion": float,
     "lr": float, "weight_decay": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int,
-    "num_workers": int, "precision": str,
+    "num_workers": int, "precision": str, "checkpoint_every": str,
 }  # fmt: skip
+
+
+RESUME_MAY_CHANGE = ("device", "num_workers", "checkpoint_every")  # how a run executes, not what it computes
 
 
 def add_search_parser(sub):
@@ -73,10 +76,10 @@ def search_config(args):
             typed.setdefault("strategy_args", {})[flag] = getattr(args, flag)
     if args.resume:
         config = config_from_checkpoint(Path(args.out) / "checkpoint.pt")
-        clashes = {k: v for k, v in typed.items() if getattr(config, k) != v and k not in ("device", "num_workers")}
+        clashes = {k: v for k, v in typed.items() if getattr(config, k) != v and k not in RESUME_MAY_CHANGE}
         if clashes:
             raise ValueError(f"--resume continues the stored search; these flags differ from it: {clashes}")
-        for key in ("device", "num_workers"):
+        for key in RESUME_MAY_CHANGE:
             if key in typed:
                 setattr(config, key, typed[key])
         return config
@@ -161,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .guard import DivergedError
+    from .preemption import PREEMPTED_EXIT_CODE, Preempted
 
     args = build_parser().parse_args(argv)
     try:
@@ -168,6 +172,9 @@ def main(argv=None) -> int:
     except DivergedError as err:
         print(f"dnas-fast {args.command}: {err}", file=sys.stderr)
         return 3
+    except Preempted as err:
+        print(f"dnas-fast {args.command}: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
         print(f"dnas-fast {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ class DivergenceGuard:
         self.first_bad = torch.full((len(QUANTITIES),), -1, dtype=torch.long, device=device)
         self.steps = torch.zeros((), dtype=torch.long, device=device)  # device-side count: no host->device copy
         self.epoch_start = 0  # host count of steps before the current epoch, to name the step within it
-        self._host_steps = 0
+        self.host_steps = 0  # the same count on the host, for step-based cadences
 
     def watch(self, quantity: str, value: torch.Tensor) -> None:
         """Record ``value`` (any shape) of ``quantity`` at the current step; no host sync."""
@@ -47,10 +47,10 @@ class DivergenceGuard:
 
     def step(self) -> None:
         self.steps += 1
-        self._host_steps += 1
+        self.host_steps += 1
 
     def start_epoch(self) -> None:
-        self.epoch_start = self._host_steps
+        self.epoch_start = self.host_steps
 
     def check(self, epoch: int) -> None:
         """Raise :class:`DivergedError` if anything went non-finite (one device->host copy)."""

@@ -31,6 +31,7 @@ from .data import build_search_data
 from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard
 from .precision import PRECISIONS, Precision
+from .preemption import CheckpointCadence, Preempted, PreemptionSignals
 from .spaces import build_space
 from .strategies import StepContext, build_strategy
 
@@ -60,6 +61,7 @@ class SearchConfig:
     num_workers: int = 0
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast of the forward; fp16 adds loss scaling)
     channels_last: bool = False  # network and batches in torch.channels_last
+    checkpoint_every: str | None = None  # also checkpoint mid-epoch: every N steps ("500") or minutes ("10m")
 
     @classmethod
     def from_dict(cls, values: dict) -> "SearchConfig":
@@ -79,6 +81,7 @@ class SearchConfig:
             raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
         if self.lr <= 0 or self.lr_min < 0:
             raise ValueError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
+        CheckpointCadence.parse(self.checkpoint_every)  # raises on a malformed cadence
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         for name in ("space_args", "strategy_args", "data_args"):
@@ -161,6 +164,12 @@ class Searcher:
             self.a_optimizer = self.strategy.make_arch_optimizer()
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, config.lr_min)
         self.epoch = 0  # epochs completed
+        # inside the running epoch: steps done, validation batches drawn in the current pass, running sums
+        self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
+        self.cadence = CheckpointCadence.parse(config.checkpoint_every)
+        self.signals = PreemptionSignals()
+        if world_size > 1 and self.cadence.seconds is not None:  # ranks' clocks differ: they would save apart
+            raise ValueError("under torchrun, checkpoint_every must count steps (e.g. 500), not minutes")
         self.guard = DivergenceGuard(self.device)
 
     # ---- persistence --------------------------------------------------------------------------------
@@ -176,6 +185,9 @@ class Searcher:
             "space_config": self.space.config,
             "strategy": self.config.strategy,
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "valid_pos": self.valid_pos,
+            "partial": self.partial,
             "model": self.space.state_dict(),
             "strategy_state": self.strategy.state_dict(),
             "w_optimizer": self.w_optimizer.state_dict(),
@@ -186,7 +198,9 @@ class Searcher:
         }
 
     def save(self) -> None:
-        self.guard.check(self.epoch - 1)  # never overwrite the last good checkpoint with a diverged state
+        # never overwrite the last good checkpoint with a diverged state
+        self.guard.check(self.epoch if self.step_in_epoch else self.epoch - 1)
+        self.cadence.saved()
         if self.rank == 0:
             atomic_torch_save(self.state(), self.checkpoint_path)
         if self.world_size > 1:  # no rank may run ahead (and, say, resume) before the checkpoint exists
@@ -214,6 +228,9 @@ class Searcher:
             raise CheckpointError(f"checkpoint does not fit this search: {err}") from err
         set_rng_state(ckpt["rng"])
         self.epoch = ckpt["epoch"]
+        self.step_in_epoch, self.valid_pos = ckpt.get("step_in_epoch", 0), ckpt.get("valid_pos", 0)
+        partial = ckpt.get("partial")
+        self.partial = partial and {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in partial.items()}
 
     # ---- training -----------------------------------------------------------------------------------
     def context(self) -> StepContext:
@@ -232,25 +249,32 @@ class Searcher:
         config, strategy = self.config, self.strategy
         strategy.on_epoch_start(self.epoch, config.epochs)
         self.guard.start_epoch()
-        self.data.train.set_epoch(self.epoch)
-        self.data.valid.set_epoch(self.epoch)
+        first = self.step_in_epoch  # > 0 when resuming inside this epoch
+        self.guard.epoch_start -= first  # the guard names steps within the epoch
+        self.data.train.set_epoch(self.epoch, start_batch=first)
+        self.data.valid.set_epoch(self.epoch, start_batch=self.valid_pos)
         self.space.train()
         ctx = self.context()
-        steps = len(self.data.train) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
+        steps = min(len(self.data.train), config.max_steps_per_epoch or len(self.data.train))
         valid_iter = self.batches(self.data.valid)
-        total_loss, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        if self.partial is None:
+            zero = torch.zeros((), device=self.device)
+            self.partial = {"loss_sum": zero, "correct": zero.clone(), "seen": 0}
+        partial = self.partial
         bar = tqdm(
-            zip(range(steps), self.batches(self.data.train)), total=min(steps, len(self.data.train)),
+            zip(range(first, steps), self.batches(self.data.train)), total=steps, initial=first,
             desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=None if self.rank == 0 else True, leave=False,
         )  # fmt: skip
         start = time.perf_counter()
-        for _, (x, y) in bar:
+        for step, (x, y) in bar:
             if strategy.bilevel and not strategy.arch_frozen():
                 try:
                     xv, yv = next(valid_iter)
-                except StopIteration:
-                    valid_iter = self.batches(self.data.valid)
+                except StopIteration:  # a new pass over this epoch's validation order, from its start
+                    self.data.valid.set_epoch(self.epoch)
+                    self.valid_pos, valid_iter = 0, self.batches(self.data.valid)
                     xv, yv = next(valid_iter)
+                self.valid_pos += 1
                 arch_loss = strategy.arch_step(ctx, (x, y), (xv, yv)).get("arch_loss")
                 if arch_loss is not None:
                     self.guard.watch("architecture loss", arch_loss)
@@ -258,15 +282,33 @@ class Searcher:
             self.guard.watch("loss", loss)
             self.guard.watch_parameters("architecture parameters", strategy.arch_parameters())
             self.guard.step()
-            total_loss += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
+            partial["loss_sum"] += loss * len(y)
+            partial["correct"] += (logits.argmax(1) == y).sum()
+            partial["seen"] += len(y)
+            self.step_in_epoch = step + 1
             if not bar.disable:  # .item() syncs with the device: only when a bar is shown
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                rate = (step + 1 - first) * len(y) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
                 self.guard.check(self.epoch)  # the device has just synced for the loss: stop at once
+            if self.step_in_epoch < steps and (self.signals.requested or self.cadence.due(self.guard.host_steps)):
+                self.save()  # mid-epoch: resumes at the next step, same batches, same random draws
+                self.stop_if_preempted()
         self.guard.check(self.epoch)
         self.scheduler.step()
-        return {"train_loss": (total_loss / seen).item(), "train_acc": (correct / seen).item()}
+        self.data.valid.set_epoch(self.epoch)  # evaluation reads the whole validation split
+        self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
+        seen = partial["seen"]
+        return {"train_loss": (partial["loss_sum"] / seen).item(), "train_acc": (partial["correct"] / seen).item()}
+
+    def stop_if_preempted(self) -> None:
+        if self.signals.requested:
+            where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}" if self.step_in_epoch else (
+                f"the end of epoch {self.epoch}"
+            )  # fmt: skip
+            raise Preempted(
+                f"stopped by {self.signals.requested} at {where}; checkpoint written to {self.checkpoint_path}: "
+                "continue with --resume"
+            )
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -302,22 +344,29 @@ class Searcher:
             spec = {group: g.op_names for group, g in self.space.arch_spec().items()}
             atomic_write_text(self.run_dir / "arch_spec.json", json.dumps(spec) + "\n")
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
-        while self.epoch < last:
-            start = time.perf_counter()
-            train = self.train_epoch()
-            valid = self.evaluate()
-            self.epoch += 1
-            record = self.epoch_record(train, valid, time.perf_counter() - start)
-            if self.rank == 0:
-                with open(self.run_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                log(
-                    f"epoch {record['epoch']}/{self.config.epochs}  train {record['train_loss']:.3f}/"
-                    f"{record['train_acc']:.3f}  valid {record['valid_loss']:.3f}/{record['valid_acc']:.3f}  "
-                    f"{record['epoch_time']:.1f}s  {record['peak_memory_mb']:.0f} MB"
-                )
-            self.save()
+        # signals are caught in single-process runs only: ranks could see them at different steps
+        with self.signals if self.world_size == 1 else contextlib.nullcontext():
+            while self.epoch < last:
+                self.run_epoch(log)
+                self.stop_if_preempted()
         return self.finish()
+
+    def run_epoch(self, log) -> None:
+        """Train (or finish) one epoch, evaluate, append its log.jsonl line, checkpoint."""
+        start = time.perf_counter()
+        train = self.train_epoch()
+        valid = self.evaluate()
+        self.epoch += 1
+        record = self.epoch_record(train, valid, time.perf_counter() - start)
+        if self.rank == 0:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            log(
+                f"epoch {record['epoch']}/{self.config.epochs}  train {record['train_loss']:.3f}/"
+                f"{record['train_acc']:.3f}  valid {record['valid_loss']:.3f}/{record['valid_acc']:.3f}  "
+                f"{record['epoch_time']:.1f}s  {record['peak_memory_mb']:.0f} MB"
+            )
+        self.save()
 
     def finish(self):
         self.guard.check(self.epoch - 1)
