@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 FORMAT, VERSION = "dnas_fast.latency", 1
-DEFAULT_WIDTHS = (0.5, 0.625, 0.75, 0.875, 1.0)  # fractions of the allocated width; elastic range is [1/2, 1]
+SAMPLED_WIDTHS = (0.5, 0.625, 0.75, 0.875, 1.0)  # ``--widths sampled``: fractions of the allocated width
 
 
 def keep_rng(fn):
@@ -227,17 +227,23 @@ def read_file(path: Path) -> dict:
     return doc
 
 
-def width_grid(max_mid: int, fractions) -> list[int]:
+def width_grid(max_mid: int, fractions=None) -> list[int]:
+    """The expanded widths to time: every width of the elastic range ``[max_mid / 2, max_mid]`` (``None``, the
+    authors' table: AberHu/TF-NAS measures each width it can select), or ``fractions`` of ``max_mid``, between
+    which lookups then interpolate linearly."""
+    if fractions is None:
+        return list(range(max(1, max_mid // 2), max_mid + 1))
     return sorted({max(1, round(f * max_mid)) for f in fractions})
 
 
 @keep_rng
 def build_table(
-    space, device="cpu", fractions=DEFAULT_WIDTHS, repeats=50, warmup=10, batch_size=None, calibrate=5, log=None
+    space, device="cpu", fractions=None, repeats=50, warmup=10, batch_size=None, calibrate=0, log=None
 ):
-    """Measure every (candidate, block shape) of ``space`` (an ``MBConvSpace``) at the widths
-    ``fractions x allocated width``, plus its stem and head, on ``device``; then ``calibrate`` random derived
-    networks whole to get the table's ``scale`` (0 = no calibration, scale 1)."""
+    """Measure every (candidate, block shape) of ``space`` (an ``MBConvSpace``) at every selectable expanded
+    width (or, when asked, at ``fractions x allocated width``, interpolating between them), plus its stem and
+    head, on ``device``; with ``calibrate`` > 0, also time that many random derived networks whole to get the
+    table's ``scale`` (default 0: no calibration, scale 1, as the authors' table)."""
     from .ops.mbconv import build_mbconv
 
     batch = default_batch_size(device) if batch_size is None else batch_size
@@ -264,7 +270,10 @@ def build_table(
         _Base(config, last.C_out, last_hw), (batch, config["in_channels"], config["resolution"], config["resolution"]),
         device, repeats, warmup,
     )  # fmt: skip
-    meta = {"repeats": repeats, "warmup": warmup, "torch": torch.__version__,
+    if log and (fractions is not None or calibrate):
+        log(f"latency table: widths {'every' if fractions is None else fractions} (interpolated between), "
+            f"calibration over {calibrate} networks")  # fmt: skip
+    meta = {"repeats": repeats, "warmup": warmup, "torch": torch.__version__, "widths": fractions or "every",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     table = LatencyTable(device_name(device), batch, entries, {base_key(config): base_ms}, meta)
     if calibrate:
@@ -350,12 +359,15 @@ def register_cli(subparsers) -> None:
     b.add_argument("--space-args", default="{}", help="JSON config of the mbconv space (as for search)")
     b.add_argument("--out", required=True, help="JSON table file (created, or merged: other devices are kept)")
     b.add_argument("--device", default="cpu", help="cpu or cuda[:i] (GPU tables use batch 32, CPU batch 1)")
-    b.add_argument("--widths", default=",".join(map(str, DEFAULT_WIDTHS)),
-                   help="comma-separated fractions of each candidate's allocated expanded width to time")  # fmt: skip
+    b.add_argument("--widths", default=None,
+                   help="comma-separated fractions of each candidate's allocated expanded width to time, or "
+                        "'sampled' for " + ",".join(map(str, SAMPLED_WIDTHS)) + "; lookups then interpolate "
+                        "(default: every selectable width, as the authors' table)")  # fmt: skip
     b.add_argument("--repeats", type=int, default=50, help="timed runs per entry (median)")
     b.add_argument("--warmup", type=int, default=10, help="untimed runs per entry")
     b.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
-    b.add_argument("--calibrate", type=int, default=5, help="random whole networks timed for the table's scale")
+    b.add_argument("--calibrate", type=int, default=0,
+                   help="random whole networks timed for a whole-network scale of the table (default 0: none)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring (part of the key)")
     b.set_defaults(func=cmd_latency_build)
     m = sub.add_parser("measure", help="measure the real latency of a derived network (a run's genotype.json)")
@@ -391,10 +403,11 @@ def cmd_latency_build(args) -> int:
 
     try:
         space_args = json.loads(args.space_args)
-        fractions = [float(f) for f in args.widths.split(",")]
+        widths = {None: None, "sampled": SAMPLED_WIDTHS}.get(args.widths)
+        fractions = widths if widths or args.widths in (None, "sampled") else [float(f) for f in args.widths.split(",")]
     except ValueError as err:
         raise ValueError(f"bad --space-args or --widths: {err}") from err
-    if not all(0 < f <= 1 for f in fractions):
+    if fractions is not None and not all(0 < f <= 1 for f in fractions):
         raise ValueError(f"--widths are fractions in (0, 1], got {fractions}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be positive, got {args.repeats}")

@@ -14,8 +14,6 @@ from dnas_fast.latency import (
     base_key,
     block_key,
     build_table,
-    measure_derived,
-    measure_ms,
 )
 from dnas_fast.ops import build_op
 from dnas_fast.ops.mbconv import MBCONV_OPS, build_mbconv, parse_mbconv_name
@@ -288,11 +286,13 @@ def test_elastic_width_keeps_optimizer_state_and_moves_latency_toward_target(tar
 
 
 # ---- latency table -------------------------------------------------------------------------------------------
-def test_lut_build_roundtrip_and_interpolation_error(tmp_path):
-    space = tiny_space(stages=[[16, 1, 1, "relu"], [24, 1, 2, "swish"]], stem=[16, 16], head=32)
-    table = build_table(space, "cpu", fractions=(0.5, 1.0), repeats=40, warmup=5, calibrate=2)
-    assert len(table.entries) == 16 and all(len(e["widths"]) == 2 for e in table.entries.values())
-    assert 0.7 < table.meta["scale"] < 1.5
+def test_lut_measures_every_width_by_default_and_roundtrips(tmp_path):
+    space = tiny_space(stages=[[8, 1, 1, "relu"], [16, 1, 2, "swish"]], stem=[8, 8], head=16)
+    table = build_table(space, "cpu", repeats=1, warmup=0)
+    assert len(table.entries) == 16 and "scale" not in table.meta and table.meta["widths"] == "every"
+    for edge, shape in zip(space.block_edges(), space.flat_shapes()):
+        for name, op in zip(edge.op_names, edge._ops):  # the authors' table: every selectable width timed
+            assert table.entries[block_key(name, shape)]["widths"] == list(range(op.max_mid // 2, op.max_mid + 1))
     path = tmp_path / "lut.json"
     table.save(path)
     LatencyTable("other-device", 32, {}, {}).save(path)  # a second device merges into the same file
@@ -301,17 +301,16 @@ def test_lut_build_roundtrip_and_interpolation_error(tmp_path):
     assert sorted(json.loads(path.read_text())["devices"]) == sorted([table.device, "other-device"])
     with pytest.raises(ValueError, match="no latency table for device"):
         LatencyTable.load(path, "cpu:nope")
-    # interpolation between the two measured widths vs a measurement at the midpoint
-    errors = []
-    for shape, edge in zip(space.flat_shapes(), space.block_edges()):
-        for name, op in list(zip(edge.op_names, edge._ops))[::3]:
-            mid = (op.max_mid // 2 + op.max_mid) // 2
-            measured = measure_ms(build_mbconv(name, shape.C_in, shape.C_out, shape.stride, True, mid=mid),
-                                  (1, shape.C_in, shape.H, shape.W), "cpu", 40, 5)  # fmt: skip
-            errors.append(abs(table.latency(block_key(name, shape), mid) / measured - 1))
-    mean_err = sum(errors) / len(errors)
-    print(f"LUT interpolation error vs measured (CPU, 1 thread): mean {mean_err:.3%}, max {max(errors):.3%}")
-    assert mean_err < 0.15
+
+
+def test_lut_interpolates_only_when_asked_for_sampled_widths():
+    space = tiny_space(stages=[[8, 1, 1, "relu"]], stem=[8, 8], head=16)
+    logged = []
+    table = build_table(space, "cpu", fractions=(0.5, 1.0), repeats=1, warmup=0, log=logged.append)
+    assert any("interpolated" in line for line in logged)
+    key, entry = next(iter(table.entries.items()))
+    (lo, hi), (ms_lo, ms_hi) = entry["widths"], entry["ms"]
+    assert table.latency(key, (lo + hi) / 2) == pytest.approx((ms_lo + ms_hi) / 2)
 
 
 def test_latency_cli_build(tmp_path):
@@ -381,28 +380,25 @@ E2E_SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 3
 
 
 @pytest.mark.slow
-def test_cli_search_meets_cpu_latency_target(tmp_path):
+def test_cli_search_hits_the_latency_target_of_its_table(tmp_path):
+    """The mechanism: the derived network's table latency lands within 10% of the target (no wall clock; the
+    measured latency on a real device is bench/bench_tfnas_latency.py's claim)."""
     from dnas_fast.cli import main
 
     space = build_space("mbconv", in_channels=1, num_classes=10, **E2E_SPACE)
-    table = build_table(space, "cpu", repeats=30)
-    table.save(tmp_path / "lut.json")
-    model = SupernetLatency(table, space)
+    synthetic_table(space).save(tmp_path / "lut.json")
+    model = SupernetLatency(synthetic_table(space), space)
     E = len(space.flat_shapes())
     lo = model.derived([0] * E, [0, 1], space.max_widths() // 2)
     hi = model.derived([7] * E, [2, 3], space.max_widths())
     target = lo + 0.55 * (hi - lo)  # inside the achievable range of this space
     run = tmp_path / "run"
-    args = {"warmup_epochs": 1, "arch_lr": 0.1, "lambda_lat": 1.0}
+    args = {"warmup_epochs": 1, "arch_lr": 0.1, "lambda_lat": 1.0, "latency_device": "test-device"}
     argv = ["search", "--space", "mbconv", "--strategy", "tf-nas", "--latency-target", f"{target:.4f}",
             "--latency-table", str(tmp_path / "lut.json"), "--space-args", json.dumps(E2E_SPACE),
             "--strategy-args", json.dumps(args), "--data", "digits", "--epochs", "6", "--batch-size", "16",
             "--out", str(run), "--device", "cpu", "--max-steps-per-epoch", "30"]  # fmt: skip
     assert main(argv) == 0
-    derived = json.loads((run / "genotype.json").read_text())
-    measured = measure_derived(derived["config"], "cpu", repeats=300, warmup=30)
-    print(
-        f"target {target:.4f} ms (range {lo:.4f}-{hi:.4f}), predicted {derived['predicted_latency_ms']:.4f} ms, "
-        f"measured {measured:.4f} ms ({measured / target - 1:+.1%})"
-    )
-    assert abs(measured / target - 1) < 0.10
+    predicted = json.loads((run / "genotype.json").read_text())["predicted_latency_ms"]
+    print(f"target {target:.4f} ms (range {lo:.4f}-{hi:.4f}), predicted {predicted:.4f} ms")
+    assert abs(predicted / target - 1) < 0.10
