@@ -8,6 +8,7 @@ torch is a CUDA build and ``DNAS_FAST_NO_CUDA`` is unset. ``DNAS_FAST_NO_EXT=1``
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -22,6 +23,13 @@ def extensions():
         import torch
         from torch.utils import cpp_extension
     except ImportError:
+        # pip's build isolation hides the installed torch: say so instead of silently building nothing
+        print(
+            "\n*** dnas_fast: torch is not importable in this build environment, so the C++/CUDA extension "
+            "dnas_fast._C is NOT built (the package will run on its PyTorch backends). Install torch first, then "
+            "`pip install --no-build-isolation .` ***\n",
+            file=sys.stderr,
+        )
         return [], {}
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     with_cuda = (

@@ -6,7 +6,9 @@ available on the input's device and supports the edge's configuration; otherwise
 backend that is unavailable raises instead of silently falling back.
 """
 
+import logging
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,14 +27,28 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+# edge -> ((requested name, device), backend): resolving runs on every edge of every forward, so it is done once
+# per edge, device and env override (and again after a backend registers)
+_RESOLVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ANNOUNCED: set = set()
+log = logging.getLogger("dnas_fast")
 
 
 def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
+    _RESOLVED.clear()
 
 
 def known_backends() -> list[str]:
     return ["auto", *sorted(_BACKENDS)]
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """The registered backends that run on ``device`` (highest ``auto`` priority first; ``reference`` last)."""
+    _load_optional_backends()
+    device = torch.device(device)
+    usable = [b for b in _BACKENDS.values() if b.available(device)]
+    return [b.name for b in sorted(usable, key=lambda b: -b.priority)]
 
 
 def _load_optional_backends() -> None:
@@ -42,11 +58,23 @@ def _load_optional_backends() -> None:
 
 def resolve_backend(requested: str | None, device: torch.device, edge) -> Backend:
     """The backend that runs ``edge`` on ``device``: env override > ``requested`` > ``auto``."""
-    _load_optional_backends()
     name = os.environ.get(ENV_VAR) or requested or "auto"
+    key = (name, device)
+    cached = _RESOLVED.get(edge)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    backend = _resolve(name, torch.device(device), edge)
+    _RESOLVED[edge] = (key, backend)
+    return backend
+
+
+def _resolve(name: str, device: torch.device, edge) -> Backend:
+    _load_optional_backends()
     if name == "auto":
         usable = [b for b in _BACKENDS.values() if b.available(device) and b.supports(edge)]
-        return max(usable, key=lambda b: b.priority)
+        backend = max(usable, key=lambda b: b.priority)
+        _announce(backend, device)
+        return backend
     if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_backends())}")
     backend = _BACKENDS[name]
@@ -55,3 +83,20 @@ def resolve_backend(requested: str | None, device: torch.device, edge) -> Backen
     if not backend.supports(edge):
         raise RuntimeError(f"backend {name!r} does not support this edge ({edge.extra_repr()})")
     return backend
+
+
+def _announce(backend: Backend, device: torch.device) -> None:
+    """Say once per device type which backend ``auto`` picked, and loudly when the compiled kernels are missing."""
+    if device.type in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(device.type)
+    from .kernels import _ext
+
+    if not _ext.load():
+        log.warning(
+            "dnas_fast._C not built (e.g. installed with build isolation, where torch cannot be imported): "
+            "backend 'auto' uses %r on %s; rebuild with `pip install --no-build-isolation -e .`",
+            backend.name, device.type,
+        )  # fmt: skip
+    else:
+        log.info("backend 'auto' uses %r on %s", backend.name, device.type)
