@@ -58,7 +58,9 @@ setup(
     name="dnas_fast",
     version="0.1.0",
     description="Fused mixed-op kernels and strategies for differentiable neural architecture search",
-    packages=find_packages(include=["dnas_fast", "dnas_fast.*", "triton_kernels", "triton_kernels.*"]),
+    # triton_kernels/ installs inside our namespace: a top-level ``triton_kernels`` is Triton's own package
+    packages=[*find_packages(include=["dnas_fast", "dnas_fast.*"]), "dnas_fast.triton_kernels"],
+    package_dir={"dnas_fast.triton_kernels": "triton_kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "tqdm", "matplotlib", "scikit-learn"],
     extras_require={

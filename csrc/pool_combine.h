@@ -15,6 +15,15 @@ inline C10_HOST_DEVICE int64_t pooled_size(int64_t in, int64_t stride) {
   return (in - 1) / stride + 1;
 }
 
+// The sizes every host wrapper starts from: x is [N, C, H, W], both pools are [N, C, Ho, Wo].
+struct PlaneShape {
+  int64_t N, C, H, W, Ho, Wo;
+};
+
+inline PlaneShape plane_shape(const at::Tensor& x, int64_t stride) {
+  return {x.size(0), x.size(1), x.size(2), x.size(3), pooled_size(x.size(2), stride), pooled_size(x.size(3), stride)};
+}
+
 // The 3x3 window of output (oh, ow) clipped to the plane. Max pool pads with -inf and avg pool does not count
 // padding (count_include_pad=False), so only in-plane elements matter. argmax is the plane offset of the first
 // maximum in row-major order (strict '>'), a NaN wins as in PyTorch's max_pool2d: its backward routes the

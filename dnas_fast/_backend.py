@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .registry import Registry
+
 ENV_VAR = "DNAS_FAST_BACKEND"
 
 
@@ -26,7 +28,7 @@ class Backend:
     priority: int = 0  # higher wins under ``auto``
 
 
-_BACKENDS: dict[str, Backend] = {}
+_BACKENDS: Registry[Backend] = Registry("backend")
 # edge -> ((requested name, device), backend): resolving runs on every edge of every forward, so it is done once
 # per edge, device and env override (and again after a backend registers)
 _RESOLVED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -35,19 +37,19 @@ log = logging.getLogger("dnas_fast")
 
 
 def register_backend(backend: Backend) -> None:
-    _BACKENDS[backend.name] = backend
+    _BACKENDS.add(backend.name, backend)
     _RESOLVED.clear()
 
 
 def known_backends() -> list[str]:
-    return ["auto", *sorted(_BACKENDS)]
+    return ["auto", *_BACKENDS.names()]
 
 
 def available_backends(device: torch.device | str) -> list[str]:
     """The registered backends that run on ``device`` (highest ``auto`` priority first; ``reference`` last)."""
     _load_optional_backends()
     device = torch.device(device)
-    usable = [b for b in _BACKENDS.values() if b.available(device)]
+    usable = [b for b in _BACKENDS if b.available(device)]
     return [b.name for b in sorted(usable, key=lambda b: -b.priority)]
 
 
@@ -71,12 +73,10 @@ def resolve_backend(requested: str | None, device: torch.device, edge) -> Backen
 def _resolve(name: str, device: torch.device, edge) -> Backend:
     _load_optional_backends()
     if name == "auto":
-        usable = [b for b in _BACKENDS.values() if b.available(device) and b.supports(edge)]
+        usable = [b for b in _BACKENDS if b.available(device) and b.supports(edge)]
         backend = max(usable, key=lambda b: b.priority)
         _announce(backend, device)
         return backend
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_backends())}")
     backend = _BACKENDS[name]
     if not backend.available(device):
         raise RuntimeError(f"backend {name!r} was requested but is not available on device {device}")

@@ -87,8 +87,7 @@ def run_meta(device: torch.device) -> dict:
 
 def available_backends(device: torch.device) -> list[str]:
     """dnas_fast fused backends usable on ``device`` (the triton interpreter on CPU is left out: it is a test aid)."""
-    _backend._load_optional_backends()
-    names = [n for n, b in _backend._BACKENDS.items() if n not in ("reference", "checkpoint") and b.available(device)]
+    names = [n for n in _backend.available_backends(device) if n not in ("reference", "checkpoint")]
     return [n for n in names if not (n == "triton" and device.type == "cpu")]
 
 

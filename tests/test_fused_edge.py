@@ -12,9 +12,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from dnas_fast import MixedEdge, _backend  # noqa: E402
+from dnas_fast import MixedEdge, _backend, triton_kernels  # noqa: E402
 from dnas_fast.arch import ArchWeights  # noqa: E402
-from dnas_fast.kernels import fused_edge  # noqa: E402
+from dnas_fast.kernels.edge_structure import supports  # noqa: E402
 from dnas_fast.kernels.fused_edge import REF_PRIMS, fused_edge_forward  # noqa: E402
 from dnas_fast.mixed_edge import reference_forward  # noqa: E402
 from dnas_fast.ops import DARTS_OPS, NB201_OPS, known_ops, register_op  # noqa: E402
@@ -22,9 +22,9 @@ from dnas_fast.spaces import DartsSpace  # noqa: E402
 from tests.utils import assert_close  # noqa: E402
 
 ENV = _backend.ENV_VAR
-BACKENDS = ["fused"] + [b for b in ("cpu", "triton") if _backend._BACKENDS[b].available(torch.device("cpu"))]
-if fused_edge._triton_module() is not None and fused_edge._triton_module().available("cpu"):
-    BACKENDS = sorted(set(BACKENDS) | {"triton"})  # available only when forced through the env var
+BACKENDS = ["fused"] + [b for b in ("cpu",) if b in _backend.available_backends("cpu")]
+if triton_kernels.available("cpu"):
+    BACKENDS = sorted(set(BACKENDS) | {"triton"})  # the backend is available only when forced through the env var
 FAST_BACKENDS = [b for b in BACKENDS if b != "triton"]  # triton runs in its interpreter: tiny cases only
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-4, rtol=2e-3)}
 
@@ -243,7 +243,7 @@ def test_unknown_op_falls_back_to_reference_and_forcing_is_an_error(monkeypatch)
     if "test_fused_unknown_op" not in known_ops():
         register_op("test_fused_unknown_op", _unknown_op)
     edge = MixedEdge(4, 1, ["skip_connect", "test_fused_unknown_op"])
-    assert not fused_edge.supports(edge)
+    assert not supports(edge)
     assert _backend.resolve_backend(None, torch.device("cpu"), edge).name == "reference"
     monkeypatch.setenv(ENV, "fused")
     with pytest.raises(RuntimeError, match="does not support"):

@@ -17,11 +17,12 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import triton_kernels  # noqa: E402
+from dnas_fast import triton_kernels  # noqa: E402
 from dnas_fast.kernels import pool_combine_ref as ref  # noqa: E402
-from tests.utils import combine_with_kernel_vjp  # noqa: E402
+from dnas_fast.kernels.pool_combine_ref import Prims  # noqa: E402
+from tests.utils import assert_close, combine_with_kernel_vjp  # noqa: E402
 
-pc = importlib.import_module("triton_kernels.pool_combine")
+pc = importlib.import_module("dnas_fast.triton_kernels.pool_combine")
 REPO = Path(__file__).resolve().parents[1]
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 
@@ -41,12 +42,6 @@ if NEEDS_FRESH_PROCESS:
             pytest.fail(result.stdout[-5000:] + result.stderr[-2000:], pytrace=False)
 
 
-def assert_close(name, expected, actual, **tol):
-    """Like torch.testing.assert_close, but the message names the tensor and its worst mismatch."""
-    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype}, expected {expected.dtype}"
-    torch.testing.assert_close(actual, expected, equal_nan=True, msg=lambda m: f"{name}: {m}", **tol)
-
-
 def make_inputs(N, C, H, W, stride, skip, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C, H, W, generator=gen, dtype=dtype)
@@ -58,14 +53,13 @@ def make_inputs(N, C, H, W, stride, skip, dtype, seed=0):
 
 
 def run_all(module, x, g, stride, coef3, coef6, w_skip):
-    """The four primitives of ``module`` (the triton launchers, or the reference with its ``_ref`` names)."""
-    suffix = "_ref" if module is ref else ""
-    f = {name: getattr(module, name + suffix) for name in triton_kernels.__all__[1:]}
+    """The four primitives of ``module`` (the triton launchers or the reference) on one input."""
+    f = Prims.of(module)
     return {
-        "pool_stats": f["pool_stats"](x, stride),
-        "pool_combine": f["pool_combine"](x, stride, coef3, w_skip),
-        "pool_grad_stats": f["pool_grad_stats"](x, g, stride),
-        "pool_combine_backward": f["pool_combine_backward"](x, g, stride, coef6, w_skip),
+        "pool_stats": f.pool_stats(x, stride),
+        "pool_combine": f.pool_combine(x, stride, coef3, w_skip),
+        "pool_grad_stats": f.pool_grad_stats(x, g, stride),
+        "pool_combine_backward": f.pool_combine_backward(x, g, stride, coef6, w_skip),
     }
 
 
@@ -88,7 +82,7 @@ def test_matches_reference(N, C, H, W, stride, skip, dtype):
     expected = run_all(ref, x, g, stride, coef3, coef6, w_skip)
     actual = run_all(pc, x, g, stride, coef3, coef6, w_skip)
     for name in expected:
-        assert_close(name, expected[name], actual[name], **TOL[dtype])
+        assert_close(name, actual[name], expected[name], **TOL[dtype], same_dtype=True)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +98,7 @@ def test_multi_tile_planes(N, C, H, W, stride):
     expected = run_all(ref, x, g, stride, coef3, coef6, w_skip)
     actual = run_all(pc, x, g, stride, coef3, coef6, w_skip)
     for name in expected:
-        assert_close(name, expected[name], actual[name], **TOL[torch.float64])
+        assert_close(name, actual[name], expected[name], **TOL[torch.float64], same_dtype=True)
 
 
 @pytest.mark.parametrize("stride", [1, 2], ids=["stride1", "stride2"])
@@ -113,8 +107,8 @@ def test_max_pool_ties_route_to_first_maximum(stride):
     x, g, coef3, coef6, w_skip = make_inputs(2, 3, 7, 6, stride, False, torch.float64, seed=1)
     x = torch.randint(0, 3, x.shape, generator=torch.Generator().manual_seed(2)).to(torch.float64)
     coef6[3:] = 0  # only the max-pool path, so a wrongly routed gradient cannot hide behind the avg path
-    expected = ref.pool_combine_backward_ref(x, g, stride, coef6, None)
-    assert_close("dx", expected, pc.pool_combine_backward(x, g, stride, coef6, None), **TOL[torch.float64])
+    expected = ref.pool_combine_backward(x, g, stride, coef6, None)
+    assert_close("dx", pc.pool_combine_backward(x, g, stride, coef6, None), expected, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("stride", [1, 2], ids=["stride1-skip", "stride2"])
@@ -131,8 +125,8 @@ def test_backward_gradcheck(stride):
 def test_nan_propagates_like_pytorch():
     x, g, coef3, coef6, w_skip = make_inputs(1, 2, 6, 5, 1, True, torch.float64)
     x[0, 1, 2, 3] = float("nan")
-    assert_close("out", ref.pool_combine_ref(x, 1, coef3, w_skip), pc.pool_combine(x, 1, coef3, w_skip))
-    assert_close("stats", ref.pool_stats_ref(x, 1), pc.pool_stats(x, 1))
+    assert_close("out", pc.pool_combine(x, 1, coef3, w_skip), ref.pool_combine(x, 1, coef3, w_skip))
+    assert_close("stats", pc.pool_stats(x, 1), ref.pool_stats(x, 1))
 
 
 def test_empty_batch():
@@ -140,7 +134,7 @@ def test_empty_batch():
     expected = run_all(ref, x, g, 1, coef3, coef6, w_skip)
     actual = run_all(pc, x, g, 1, coef3, coef6, w_skip)
     for name in expected:
-        assert_close(name, expected[name], actual[name])
+        assert_close(name, actual[name], expected[name], same_dtype=True)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "transposed"])
@@ -155,7 +149,7 @@ def test_strided_inputs(layout):
     expected = run_all(ref, x, g, 1, coef3, coef6, w_skip)
     actual = run_all(pc, x, g, 1, coef3, coef6, w_skip)
     for name in expected:
-        assert_close(name, expected[name], actual[name], **TOL[torch.float64])
+        assert_close(name, actual[name], expected[name], **TOL[torch.float64], same_dtype=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -207,10 +201,10 @@ def test_available(monkeypatch):
 
 
 def test_import_without_triton():
-    """``import triton_kernels`` works without triton; then nothing is available and a launcher names triton."""
+    """``from dnas_fast import triton_kernels`` works without triton; nothing is available, a launcher names triton."""
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import triton_kernels\n"
+        "from dnas_fast import triton_kernels\n"
         "assert not triton_kernels.available('cuda')\n"
         "try:\n    triton_kernels.pool_combine\nexcept ImportError as e:\n    assert 'triton' in str(e), e\n"
         "else:\n    raise AssertionError('no ImportError')\n"
@@ -220,10 +214,10 @@ def test_import_without_triton():
 
 def test_benchmark_helpers_on_cpu(capsys):
     """The GPU benchmark's check and timed closures run (on the interpreter here); main() exits cleanly on CPU."""
-    bench = importlib.import_module("triton_kernels.bench_pool_combine")
+    bench = importlib.import_module("dnas_fast.triton_kernels.bench_pool_combine")
     names = triton_kernels.__all__[1:]
     triton_prims = {n: getattr(pc, n) for n in names}
-    ref_prims = {n: getattr(ref, n + "_ref") for n in names}
+    ref_prims = {n: getattr(ref, n) for n in names}
     for stride in (1, 2):
         x, g, coef3, coef6, w = bench.make_inputs(2, 3, 5, 6, stride, torch.float32, device="cpu")
         w_skip = w[2] if stride == 1 else None
@@ -235,11 +229,11 @@ def test_benchmark_helpers_on_cpu(capsys):
             naive[mode]()
             assert bench.minimal_bytes(mode, x, g) > 0
         # The naive edge is the fused one with BN folded in (eps 1e-5, biased batch variance).
-        stats = ref.pool_stats_ref(x, stride).double()
+        stats = ref.pool_stats(x, stride).double()
         mean = stats[0::2] / g[:, 0].numel()
         scale = w[:2, None] / (stats[1::2] / g[:, 0].numel() - mean**2 + 1e-5).sqrt()
         coef = torch.cat([scale, -(scale * mean).sum(0, keepdim=True)]).float()
-        assert_close("naive", ref.pool_combine_ref(x, stride, coef, w_skip), naive["fwd"](), atol=1e-4, rtol=1e-4)
+        assert_close("naive", naive["fwd"](), ref.pool_combine(x, stride, coef, w_skip), atol=1e-4, rtol=1e-4)
     if not torch.cuda.is_available():
         assert bench.main(["--batch", "1"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
@@ -250,7 +244,7 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import importlib
-pc = importlib.import_module("triton_kernels.pool_combine")  # the package attribute is the launcher
+pc = importlib.import_module("dnas_fast.triton_kernels.pool_combine")  # the package attribute is the launcher
 skip = {"HAS_SKIP": True}
 kernels = [(pc._pool_stats_kernel, {}), (pc._pool_grad_stats_kernel, {}), (pc._pool_combine_kernel, skip),
            (pc._pool_combine_backward_kernel, skip)]
@@ -271,3 +265,36 @@ def test_kernels_compile_for_h100(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=REPO, env=env, check=True, timeout=300)
+
+
+def test_launchers_are_custom_ops():
+    """Each launcher runs through ``torch.ops.dnas_fast.triton_*`` (a ``torch.library.triton_op``), so torch.compile
+    sees into the Triton path as it sees the compiled extension's ops."""
+    x, g, coef3, coef6, w_skip = make_inputs(1, 2, 5, 5, 1, True, torch.float64)
+    args = {
+        "pool_stats": (x, 1),
+        "pool_grad_stats": (x, g, 1),
+        "pool_combine": (x, 1, coef3, w_skip),
+        "pool_combine_backward": (x, g, 1, coef6, w_skip),
+    }
+    for name, a in args.items():
+        op = getattr(torch.ops.dnas_fast, f"triton_{name}")
+        assert_close(name, op(*a), getattr(ref, name)(*a), **TOL[torch.float64])
+
+
+COMPILE_ON_CUDA = """
+import torch
+from dnas_fast import triton_kernels as tk
+from dnas_fast.kernels import pool_combine_ref as ref
+x = torch.randn(2, 8, 9, 9, device="cuda")
+coef, w = torch.randn(3, 8, device="cuda"), torch.tensor(0.3, device="cuda")
+f = torch.compile(lambda x: tk.pool_combine(x, 1, coef, w).sin(), fullgraph=True)
+torch.testing.assert_close(f(x), ref.pool_combine(x, 1, coef, w).sin())
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
+def test_torch_compile_traces_the_triton_ops_on_cuda():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter cannot be traced
+    subprocess.run([sys.executable, "-c", COMPILE_ON_CUDA], cwd=REPO, env=env, check=True, timeout=600)

@@ -6,11 +6,18 @@ import numpy as np
 import torch
 
 
-def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, atol=1e-6, rtol=1e-5) -> None:
-    """allclose that names the tensor and reports the worst mismatch."""
+def assert_close(
+    name: str, actual: torch.Tensor, expected: torch.Tensor, atol=1e-6, rtol=1e-5, *, same_dtype=False
+) -> None:
+    """allclose that names the tensor and reports the worst mismatch; NaN matches only NaN (a kernel must propagate
+    NaN where the reference does); ``same_dtype`` also asks for the reference's dtype."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    diff = (actual.double() - expected.double()).abs()
-    bound = atol + rtol * expected.double().abs()
+    if same_dtype:
+        assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype}, expected {expected.dtype}"
+    a, e = actual.double(), expected.double()
+    both_nan = a.isnan() & e.isnan()
+    diff = (a - e).abs().masked_fill(both_nan | (a == e), 0).nan_to_num(nan=float("inf"))  # a == e: equal infinities
+    bound = atol + rtol * e.abs().masked_fill(both_nan, 0)
     if not bool((diff <= bound).all()):
         worst = int((diff - bound).argmax())
         where = tuple(int(k) for k in torch.unravel_index(torch.tensor(worst), diff.shape))

@@ -1,12 +1,13 @@
-"""Triton kernels of dnas_fast's fused primitives.
+"""Triton kernels of dnas_fast's fused primitives, installed as ``dnas_fast.triton_kernels`` (the folder sits at
+the repository top level; a top-level ``triton_kernels`` module is Triton's own package).
 
-``import triton_kernels`` works without triton: then ``available`` is False and using a launcher raises an
-ImportError that names the missing dependency. For triton's CPU interpreter (tests), set ``TRITON_INTERPRET=1``
-before the first import of triton or of this package.
+``from dnas_fast import triton_kernels`` works without triton: then ``available`` is False and using a launcher
+raises an ImportError that names the missing dependency. For triton's CPU interpreter (tests), set
+``TRITON_INTERPRET=1`` before the first import of triton or of this package.
 
 Example::
 
-    import triton_kernels
+    from dnas_fast import triton_kernels
     if triton_kernels.available(x.device):
         out = triton_kernels.pool_combine(x, 1, coef, w_skip)
 """
@@ -38,5 +39,5 @@ def available(device) -> bool:
 
 def __getattr__(name):
     if name in __all__ and "_IMPORT_ERROR" in globals():
-        raise ImportError(f"triton_kernels.{name} needs triton, which failed to import: {_IMPORT_ERROR}")
+        raise ImportError(f"dnas_fast.triton_kernels.{name} needs triton, which failed to import: {_IMPORT_ERROR}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

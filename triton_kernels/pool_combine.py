@@ -18,6 +18,10 @@ The backward is a gather: each input pixel visits the (up to 9) output windows t
 max and mean and the max-pool argmax (first maximum in row-major order, NaN wins, as PyTorch), and sums their
 contributions. No atomics, deterministic.
 
+The launchers are custom ops (``torch.library.triton_op``, ``torch.ops.dnas_fast.triton_*``), so torch.compile
+sees into them as it sees the compiled extension's ``torch.ops.dnas_fast.*`` (Triton's interpreter cannot be
+traced: under ``TRITON_INTERPRET=1`` they run eagerly only).
+
 Example::
 
     x = torch.randn(2, 16, 9, 9, device="cuda")
@@ -28,6 +32,9 @@ Example::
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..mixed_edge import strided_shape
 
 # ---------------------------------------------------------------------------------------------------------- kernels
 
@@ -192,11 +199,6 @@ def _check_skip(w_skip, x: torch.Tensor, stride: int) -> None:
         raise ValueError(f"w_skip is only defined at stride 1 (the skip op is an identity), got stride={stride}")
 
 
-def _out_hw(x: torch.Tensor, stride: int) -> tuple[int, int]:
-    H, W = x.shape[2:]
-    return (H - 1) // stride + 1, (W - 1) // stride + 1  # kernel 3, padding 1
-
-
 def _acc(x: torch.Tensor):
     return tl.float64 if x.dtype == torch.float64 else tl.float32
 
@@ -214,7 +216,7 @@ def _grid(planes: int, n_px: int):
 def _partial_stats(kernel, k: int, x: torch.Tensor, g: torch.Tensor | None, stride: int) -> torch.Tensor:
     """Run a statistics kernel into partial[k, C, N * tiles] and finish the reduction on the host."""
     N, C, H, W = x.shape
-    Ho, Wo = _out_hw(x, stride)
+    Ho, Wo = strided_shape(x, stride, C)[2:]
     grid, meta = _grid(N * C, Ho * Wo)
     n_slots = N * grid[1]
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -223,11 +225,58 @@ def _partial_stats(kernel, k: int, x: torch.Tensor, g: torch.Tensor | None, stri
         return part.sum(-1)
     g_args = () if g is None else (g,)
     g_strides = () if g is None else g.stride()
-    kernel[grid](
+    wrap_triton(kernel)[grid](
         x, *g_args, part, N * C, C, H, W, Ho, Wo, *x.stride(), *g_strides, n_slots,
         STRIDE=stride, ACC=_acc(x), **meta,
     )  # fmt: skip
     return part.sum(-1)
+
+
+# The launches are custom ops, so torch.compile traces them (their checks run first, in the public functions).
+
+
+@triton_op("dnas_fast::triton_pool_stats", mutates_args=())
+def _pool_stats_op(x: torch.Tensor, stride: int) -> torch.Tensor:
+    return _partial_stats(_pool_stats_kernel, 4, x, None, stride)
+
+
+@triton_op("dnas_fast::triton_pool_grad_stats", mutates_args=())
+def _pool_grad_stats_op(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
+    return _partial_stats(_pool_grad_stats_kernel, 3, x, g, stride)
+
+
+@triton_op("dnas_fast::triton_pool_combine", mutates_args=())
+def _pool_combine_op(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
+    N, C, H, W = x.shape
+    Ho, Wo = strided_shape(x, stride, C)[2:]
+    out = torch.empty(N, C, Ho, Wo, device=x.device, dtype=x.dtype)
+    grid, meta = _grid(N * C, Ho * Wo)
+    if out.numel() == 0:
+        return out
+    coef = coef.contiguous()
+    wrap_triton(_pool_combine_kernel)[grid](  # without w_skip, coef stands in for the never-read skip pointer
+        x, coef, coef if w_skip is None else w_skip, out, N * C, C, H, W, Ho, Wo, *x.stride(),
+        STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
+    )  # fmt: skip
+    return out
+
+
+@triton_op("dnas_fast::triton_pool_combine_backward", mutates_args=())
+def _pool_combine_backward_op(
+    x: torch.Tensor, g: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None
+) -> torch.Tensor:
+    N, C, H, W = x.shape
+    Ho, Wo = strided_shape(x, stride, C)[2:]
+    dx = torch.empty(N, C, H, W, device=x.device, dtype=x.dtype)
+    grid, meta = _grid(N * C, H * W)
+    if dx.numel() == 0:
+        return dx
+    coef = coef.contiguous()
+    wrap_triton(_pool_combine_backward_kernel)[grid](
+        x, g, coef, coef if w_skip is None else w_skip, dx, N * C, C, H, W, Ho, Wo, *x.stride(), *g.stride(),
+        STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
+    )  # fmt: skip
+    return dx
 
 
 def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -241,7 +290,7 @@ def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
         where the sums would overflow).
     """
     _check_x(x, stride)
-    return _partial_stats(_pool_stats_kernel, 4, x, None, stride)
+    return _pool_stats_op(x, stride)
 
 
 def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
@@ -255,8 +304,8 @@ def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tens
         Tensor[3, C], fp32 (fp64 for fp64 x).
     """
     _check_x(x, stride)
-    _check_same("g", g, x, (*x.shape[:2], *_out_hw(x, stride)))
-    return _partial_stats(_pool_grad_stats_kernel, 3, x, g, stride)
+    _check_same("g", g, x, strided_shape(x, stride, x.shape[1]))
+    return _pool_grad_stats_op(x, g, stride)
 
 
 def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
@@ -271,20 +320,9 @@ def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch
         Tensor[N, C, H', W'] in x's dtype, contiguous.
     """
     _check_x(x, stride)
-    N, C, H, W = x.shape
-    _check_same("coef", coef, x, (3, C))
+    _check_same("coef", coef, x, (3, x.shape[1]))
     _check_skip(w_skip, x, stride)
-    Ho, Wo = _out_hw(x, stride)
-    out = torch.empty(N, C, Ho, Wo, device=x.device, dtype=x.dtype)
-    grid, meta = _grid(N * C, Ho * Wo)
-    if out.numel() == 0:
-        return out
-    coef = coef.contiguous()
-    _pool_combine_kernel[grid](  # without w_skip, coef stands in for the never-read skip pointer
-        x, coef, coef if w_skip is None else w_skip, out, N * C, C, H, W, Ho, Wo, *x.stride(),
-        STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
-    )  # fmt: skip
-    return out
+    return _pool_combine_op(x, stride, coef, w_skip)
 
 
 def pool_combine_backward(
@@ -302,18 +340,7 @@ def pool_combine_backward(
         dx (Tensor[N, C, H, W]) in x's dtype, contiguous.
     """
     _check_x(x, stride)
-    N, C, H, W = x.shape
-    _check_same("g", g, x, (N, C, *_out_hw(x, stride)))
-    _check_same("coef", coef, x, (6, C))
+    _check_same("g", g, x, strided_shape(x, stride, x.shape[1]))
+    _check_same("coef", coef, x, (6, x.shape[1]))
     _check_skip(w_skip, x, stride)
-    Ho, Wo = _out_hw(x, stride)
-    dx = torch.empty(N, C, H, W, device=x.device, dtype=x.dtype)
-    grid, meta = _grid(N * C, H * W)
-    if dx.numel() == 0:
-        return dx
-    coef = coef.contiguous()
-    _pool_combine_backward_kernel[grid](
-        x, g, coef, coef if w_skip is None else w_skip, dx, N * C, C, H, W, Ho, Wo, *x.stride(), *g.stride(),
-        STRIDE=stride, HAS_SKIP=w_skip is not None, ACC=_acc(x), **meta,
-    )  # fmt: skip
-    return dx
+    return _pool_combine_backward_op(x, g, stride, coef, w_skip)

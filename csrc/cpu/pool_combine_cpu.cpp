@@ -193,8 +193,7 @@ at::Tensor pool_stats_cpu(const at::Tensor& x, int64_t stride) {
   check_x("pool_stats", x, stride);
   check_cpu_dtype("pool_stats", x);
   const at::Tensor xc = x.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   std::vector<double> partial(N * C * 4);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_stats_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
@@ -225,8 +224,7 @@ at::Tensor pool_combine_cpu(const at::Tensor& x, int64_t stride, const at::Tenso
   check_w_skip("pool_combine", x, w_skip, stride);
   const at::Tensor xc = x.contiguous();
   const at::Tensor cc = coef.to(x.scalar_type()).contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   at::Tensor out = at::empty({N, C, Ho, Wo}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_combine_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
@@ -257,8 +255,7 @@ at::Tensor pool_grad_stats_cpu(const at::Tensor& x, const at::Tensor& g, int64_t
   check_cpu_dtype("pool_grad_stats", x);
   check_g("pool_grad_stats", x, g, stride);
   const at::Tensor xc = x.contiguous(), gc = g.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   std::vector<double> partial(N * C * 3);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_grad_stats_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
@@ -292,8 +289,7 @@ at::Tensor pool_combine_backward_cpu(const at::Tensor& x, const at::Tensor& g, i
   TORCH_CHECK(x.size(2) * x.size(3) <= INT32_MAX, "pool_combine_backward: expected H * W < 2^31, got ", x.sizes());
   const at::Tensor xc = x.contiguous(), gc = g.contiguous();
   const at::Tensor cc = coef.to(x.scalar_type()).contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   at::Tensor dx = at::empty({N, C, H, W}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pool_combine_backward_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();

@@ -103,8 +103,7 @@ at::Tensor skip_tensor(const at::Tensor& x, const c10::optional<at::Tensor>& w_s
 template <int K>
 at::Tensor channel_sums(const at::Tensor& x, const at::Tensor& g, int64_t stride) {
   const at::Tensor xc = x.contiguous(), gc = g.defined() ? g.contiguous() : g;
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   at::Tensor out = at::empty({K, C}, x.options().dtype(stats_dtype(x)));
   if (C == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_sums_cuda", [&] {
@@ -137,8 +136,7 @@ at::Tensor pool_combine_cuda(const at::Tensor& x, int64_t stride, const at::Tens
   check_w_skip("pool_combine", x, w_skip, stride);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), cc = coef.to(stats_dtype(x)).contiguous(), sk = skip_tensor(x, w_skip);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   at::Tensor out = at::empty({N, C, Ho, Wo}, xc.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_combine_cuda", [&] {
@@ -160,8 +158,7 @@ at::Tensor pool_combine_backward_cuda(const at::Tensor& x, const at::Tensor& g, 
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), gc = g.contiguous();
   const at::Tensor cc = coef.to(stats_dtype(x)).contiguous(), sk = skip_tensor(x, w_skip);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = pooled_size(H, stride), Wo = pooled_size(W, stride);
+  const auto [N, C, H, W, Ho, Wo] = plane_shape(x, stride);
   at::Tensor dx = at::empty({N, C, H, W}, xc.options());
   if (dx.numel() == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pool_combine_backward_cuda", [&] {

@@ -26,6 +26,8 @@ import functools
 
 import torch
 
+from ..mixed_edge import strided_shape
+
 _OPS = ("pool_stats", "pool_combine", "pool_grad_stats", "pool_combine_backward")
 
 
@@ -99,11 +101,6 @@ def _math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _pooled(x: torch.Tensor, stride: int) -> tuple:
-    # Kernel 3, padding 1: H' = (H + 2 - 3) // stride + 1.
-    return (x.shape[0], x.shape[1], (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1)
-
-
 def _register_fakes() -> None:
     # csrc/pool_combine.cpp names this module with set_python_module: torch checks the fakes are registered here.
     @torch.library.register_fake("dnas_fast::pool_stats")
@@ -112,7 +109,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("dnas_fast::pool_combine")
     def _(x, stride, coef, w_skip):
-        return x.new_empty(_pooled(x, stride))
+        return x.new_empty(strided_shape(x, stride, x.shape[1]))
 
     @torch.library.register_fake("dnas_fast::pool_grad_stats")
     def _(x, g, stride):

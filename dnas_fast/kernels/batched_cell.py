@@ -35,23 +35,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend
-from ..mixed_edge import MixedEdge, strided_shape
+from ..mixed_edge import strided_shape
 from ..precision import autocast_state, restore_autocast
-from .fused_edge import REF_PRIMS, _ConvProgram, _ext_module, edge_spec, ext_prims, fused_edge_forward
-
-BACKEND = "batched"
-
+from .backends import BATCHED
+from .edge_structure import ConvProgram, edge_spec
 
 # ---- static structure of a block ---------------------------------------------------------------------------------
 
 
-def _bns(program: _ConvProgram):
+def _bns(program: ConvProgram):
     return [
         m for m in (program.layers if program.reduce is None else (program.reduce.bn,)) if isinstance(m, nn.BatchNorm2d)
     ]
 
 
-def _program_batchable(program: _ConvProgram) -> bool:
+def _program_batchable(program: ConvProgram) -> bool:
     if program.reduce is None and not isinstance(program.layers[0], nn.Conv2d):
         return False
     return all(bn.momentum is not None and bn.track_running_stats for bn in _bns(program))
@@ -67,7 +65,7 @@ def _block_batchable(edges) -> bool:
     specs = [edge_spec(e) for e in edges]
     if any(s is None for s in specs):
         return False
-    programs = [p for s in specs for p in [*s.programs.values(), *([s.aux] if isinstance(s.aux, _ConvProgram) else [])]]
+    programs = [p for s in specs for p in [*s.programs.values(), *([s.aux] if isinstance(s.aux, ConvProgram) else [])]]
     bns = [p.bn for s in specs for p in s.pools.values() if p.bn is not None] + [b for p in programs for b in _bns(p)]
     one_momentum = len({bn.momentum for bn in bns}) <= 1  # one _foreach_lerp_ writes them all
     return all(map(_program_batchable, programs)) and one_momentum and all(bn.momentum is not None for bn in bns)
@@ -477,7 +475,7 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
     x0 = states[0]
     if arch.edge_scale is not None:  # PC-DARTS edge scales run per edge (the blocks do not scale their outputs)
         return None
-    if not training or not all(_backend.resolve_backend(e.backend, x0.device, e).name == BACKEND for e in edges):
+    if not training or not all(_backend.resolve_backend(e.backend, x0.device, e).name == BATCHED for e in edges):
         return None
     blocks = _blocks(edges, sources)
     if blocks is None:
@@ -494,19 +492,3 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
         if s + 1 >= n_init:
             states.append(acc[:, 0].contiguous())  # a copy: a view would keep the whole accumulator alive
     return states
-
-
-def _per_edge_forward(edge, x, weights, mask, aux_weight, straight_through):
-    prims = ext_prims() if _ext_module() is not None and _ext_module().available(x.device) else REF_PRIMS
-    return fused_edge_forward(edge, x, weights, mask, aux_weight, straight_through, prims=prims)
-
-
-def supports(edge) -> bool:
-    return isinstance(edge, MixedEdge) and edge_spec(edge) is not None
-
-
-_backend.register_backend(
-    _backend.Backend(
-        BACKEND, _per_edge_forward, lambda device: torch.device(device).type == "cpu", supports, priority=5
-    )
-)

@@ -14,18 +14,8 @@ Backward: pools via ``pool_grad_stats`` (dL/dw as per-channel reductions) and ``
 conv ops recomputed one at a time with grad enabled on the shared ReLU(x) leaf, BN with batch statistics and no
 running-stat update (training) or the running statistics (eval); ``dL/dw_k = <g, op_k(x)>``; zero op: exactly 0.
 
-Primitive providers (``Prims``: pool_stats, pool_combine, pool_grad_stats, pool_combine_backward):
-``REF_PRIMS`` (plain PyTorch, ``pool_combine_ref.py``), the compiled extension (``_ext``) and Triton.
-
-Backends and the ``auto`` rule (highest priority among those available on x's device that support the edge):
-    cpu     priority 30  compiled-extension primitives, device CPU
-    cuda    priority 30  compiled-extension primitives, device CUDA (extension built with nvcc)
-    triton  priority 20  Triton primitives on CUDA; on CPU only when forced (``DNAS_FAST_BACKEND=triton``)
-                         with ``TRITON_INTERPRET=1`` (tests), so ``auto`` never picks the interpreter
-    fused   priority 10  plain-PyTorch primitives: the fused path on every device even without the extension
-    reference (-1, mixed_edge.py): the naive per-op loop; ``auto`` falls back to it for edges with an op this
-                         module does not know (e.g. MBConv), since every backend here says ``supports = False``.
-So on CPU ``auto`` = cpu if ``dnas_fast._C`` is built else fused; on CUDA = cuda > triton > fused.
+Structure of an edge: ``edge_structure.py``; primitives (``Prims``) and their plain-PyTorch reference:
+``pool_combine_ref.py``; which backend runs them where: ``backends.py``.
 
 Example::
 
@@ -33,197 +23,26 @@ Example::
     y = fused_edge_forward(edge, torch.randn(2, 16, 8, 8), torch.softmax(torch.zeros(8), 0))
 """
 
-import os
-import weakref
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .. import _backend
 from ..mixed_edge import MixedEdge, active_ops, strided_shape
-from ..ops.darts import FactorizedReduce, Identity, Zero
 from ..precision import autocast_state, restore_autocast
-from . import pool_combine_ref as _ref
+from . import pool_combine_ref
+from .edge_structure import ConvProgram, EdgeSpec, edge_spec, uses_batch_stats
+from .pool_combine_ref import Prims
 
-REF_PRIMS = SimpleNamespace(
-    pool_stats=_ref.pool_stats_ref,
-    pool_combine=_ref.pool_combine_ref,
-    pool_grad_stats=_ref.pool_grad_stats_ref,
-    pool_combine_backward=_ref.pool_combine_backward_ref,
-)
-
-
-# ---- static structure of an edge ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _ConvProgram:
-    """A conv op as ``ReLU`` followed by ``layers`` (Conv2d / BatchNorm2d / ReLU), or a FactorizedReduce.
-
-    ``params`` lists (module, attribute) pairs read at call time, so ``torch.func.functional_call`` works.
-    """
-
-    layers: tuple
-    reduce: FactorizedReduce | None
-    params: tuple
-
-    def tensors(self):
-        return [getattr(m, a) for m, a in self.params]
-
-    def run(self, r, params, update_stats):
-        """r (Tensor[N, C, H, W]) = ReLU(x) -> op(x); ``update_stats``: update BN running stats (forward only)."""
-        it = iter(params)
-        if self.reduce is not None:
-            m = self.reduce
-            shifted = r[:, :, 1:, 1:]
-            H, W = r.shape[-2:]
-            if H % 2 or W % 2:  # the odd-size padding of ops.darts.FactorizedReduce
-                shifted = F.pad(shifted, (0, W % 2, 0, H % 2))
-            h = torch.cat([_conv(r, m.conv_1, it), _conv(shifted, m.conv_2, it)], dim=1)
-            return _batch_norm(h, m.bn, it, update_stats)
-        h = r
-        for m in self.layers:
-            if isinstance(m, nn.Conv2d):
-                h = _conv(h, m, it)
-            elif isinstance(m, nn.BatchNorm2d):
-                h = _batch_norm(h, m, it, update_stats)
-            else:
-                h = F.relu(h)
-        return h
-
-
-def _conv(h, m: nn.Conv2d, it):
-    weight = next(it)
-    bias = next(it) if m.bias is not None else None
-    return F.conv2d(h, weight, bias, m.stride, m.padding, m.dilation, m.groups)
-
-
-def _batch_norm(h, bn: nn.BatchNorm2d, it, update_stats):
-    """nn.BatchNorm2d.forward with the affine parameters from ``it``; running stats touched only if asked."""
-    weight, bias = (next(it), next(it)) if bn.affine else (None, None)
-    if not _uses_batch_stats(bn):
-        return F.batch_norm(h, bn.running_mean, bn.running_var, weight, bias, False, 0.0, bn.eps)
-    if update_stats and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        return F.batch_norm(h, bn.running_mean, bn.running_var, weight, bias, True, momentum, bn.eps)
-    return F.batch_norm(h, None, None, weight, bias, True, 0.0, bn.eps)
-
-
-def _uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
-    return bn.training or bn.running_mean is None
-
-
-def _conv_param_names(m: nn.Module):
-    if isinstance(m, nn.Conv2d):
-        return ["weight"] + (["bias"] if m.bias is not None else [])
-    if isinstance(m, nn.BatchNorm2d):
-        return ["weight", "bias"] if m.affine else []
-    return []
-
-
-def _conv_program(op: nn.Module) -> _ConvProgram | None:
-    """The program of a known conv op, or None (the op is not fusable)."""
-    if isinstance(op, FactorizedReduce):
-        convs_ok = all(c.bias is None and c.kernel_size == (1, 1) and c.groups == 1 for c in (op.conv_1, op.conv_2))
-        if not convs_ok or type(op.bn) is not nn.BatchNorm2d:
-            return None
-        mods = [op.conv_1, op.conv_2, op.bn]
-        return _ConvProgram((), op, tuple((m, a) for m in mods for a in _conv_param_names(m)))
-    seq = getattr(op, "op", None)
-    if type(seq) is not nn.Sequential or len(seq) < 2 or type(seq[0]) is not nn.ReLU:
-        return None
-    layers = tuple(seq)[1:]
-    if not all(type(m) in (nn.Conv2d, nn.BatchNorm2d, nn.ReLU) for m in layers):
-        return None
-    if any(isinstance(m, nn.Conv2d) and m.padding_mode != "zeros" for m in layers):
-        return None
-    return _ConvProgram(layers, None, tuple((m, a) for m in layers for a in _conv_param_names(m)))
-
-
-@dataclass(frozen=True)
-class _Pool:
-    kind: str  # "max" or "avg"
-    bn: nn.BatchNorm2d | None
-
-
-def _pool(op: nn.Module) -> _Pool | None:
-    bn = None
-    if type(op) is nn.Sequential and len(op) == 2 and type(op[1]) is nn.BatchNorm2d and not op[1].affine:
-        op, bn = op[0], op[1]
-    pad_ok = op.__dict__.get("padding") in (1, (1, 1)) and op.__dict__.get("kernel_size") in (3, (3, 3))
-    if type(op) is nn.MaxPool2d and pad_ok and op.dilation in (1, (1, 1)) and not op.ceil_mode:
-        return _Pool("max", bn)
-    if type(op) is nn.AvgPool2d and pad_ok and not op.ceil_mode and not op.count_include_pad:
-        return _Pool("avg", bn) if op.divisor_override is None else None
-    return None
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Per-op kind of one edge: ``zero``, ``skip`` (identity), ``max`` / ``avg`` (pool), ``conv``."""
-
-    kinds: tuple
-    pools: dict  # op index -> _Pool
-    programs: dict  # op index -> _ConvProgram
-    aux: object  # None, "skip" or a _ConvProgram
-
-
-def _classify(op: nn.Module, C_in: int, C_out: int):
-    if type(op) is Zero:
-        return "zero", None
-    if type(op) is Identity:
-        return ("skip", None) if C_in == C_out else (None, None)
-    pool = _pool(op)
-    if pool is not None:
-        return pool.kind, pool
-    program = _conv_program(op)
-    return ("conv", program) if program is not None else (None, None)
-
-
-_SPECS: "weakref.WeakKeyDictionary[MixedEdge, tuple]" = weakref.WeakKeyDictionary()
-
-
-def edge_spec(edge: MixedEdge) -> _Spec | None:
-    """The fusable structure of ``edge`` (cached per edge and op modules), None if some op is unknown."""
-    key = (tuple(map(id, edge._ops)), id(edge.aux))
-    cached = _SPECS.get(edge)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    pc = edge.partial_channels
-    C_in, C_out = edge.C // pc, edge.C_out // pc
-    kinds, pools, programs, spec = [], {}, {}, None
-    for k, op in enumerate(edge._ops):
-        kind, extra = _classify(op, C_in, C_out)
-        kinds.append(kind)
-        if kind in ("max", "avg"):
-            pools[k] = extra
-        elif kind == "conv":
-            programs[k] = extra
-    aux_kind, aux = _classify(edge.aux, edge.C, edge.C_out) if edge.aux is not None else ("none", None)
-    one_each = all(kinds.count(kind) <= 1 for kind in ("max", "avg", "skip"))  # the primitives take one of each
-    if None not in kinds and one_each and aux_kind in ("none", "skip", "conv"):
-        spec = _Spec(tuple(kinds), pools, programs, {"none": None, "skip": "skip", "conv": aux}[aux_kind])
-    _SPECS[edge] = (key, spec)
-    return spec
-
-
-def supports(edge) -> bool:
-    return isinstance(edge, MixedEdge) and edge_spec(edge) is not None
-
-
-# ---- the fused computation --------------------------------------------------------------------------------------
+REF_PRIMS = Prims.of(pool_combine_ref)
 
 
 @dataclass
 class _Plan:
     """Host-side decisions of one call (the mask is a CPU tensor by contract: no device sync)."""
 
-    spec: _Spec
-    prims: SimpleNamespace
+    spec: EdgeSpec
+    prims: Prims
     stride: int
     pc: int  # partial-channel K
     C_ops: int  # channels through the ops
@@ -234,7 +53,7 @@ class _Plan:
     skip_idx: int | None  # active identity op
     convs: list  # active conv op indices
     slices: list  # per active conv op (then the aux op): its slice of the flat parameter list
-    aux: object  # None, "skip" or the aux _ConvProgram (only when an aux weight is given)
+    aux: object  # None, "skip" or the aux ConvProgram (only when an aux weight is given)
 
 
 def make_plan(edge: MixedEdge, mask, straight_through: bool, aux_weight, prims) -> tuple[_Plan, list]:
@@ -249,7 +68,7 @@ def make_plan(edge: MixedEdge, mask, straight_through: bool, aux_weight, prims) 
     convs = [k for k in active if kinds[k] == "conv"]
     programs = [spec.programs[k] for k in convs]
     aux = spec.aux if aux_weight is not None else None
-    if isinstance(aux, _ConvProgram):
+    if isinstance(aux, ConvProgram):
         programs.append(aux)
     params, slices = [], []
     for program in programs:
@@ -298,7 +117,7 @@ def _batch_stat_rows(plan) -> list:
     rows = []
     for row, kind in enumerate(_POOLS):
         bn = plan.spec.pools[plan.pool_idx[kind]].bn if kind in plan.pool_idx else None
-        if bn is not None and _uses_batch_stats(bn):
+        if bn is not None and uses_batch_stats(bn):
             rows.append(row)
     return rows
 
@@ -531,68 +350,3 @@ def fused_edge_forward(edge, x, weights, mask=None, aux_weight=None, straight_th
     parameter-free primitives (``REF_PRIMS``, the compiled extension or Triton)."""
     plan, params = make_plan(edge, mask, straight_through, aux_weight, prims)
     return FusedEdgeFunction.apply(plan, x, weights, aux_weight, *params)
-
-
-# ---- backends ---------------------------------------------------------------------------------------------------
-
-_PRIM_NAMES = ("pool_stats", "pool_combine", "pool_grad_stats", "pool_combine_backward")
-
-
-def _ext_module():
-    try:
-        from . import _ext
-    except ImportError:
-        return None
-    return _ext
-
-
-def _triton_module():
-    try:
-        import triton_kernels
-    except ImportError:
-        return None
-    return triton_kernels
-
-
-def _prims_of(module) -> SimpleNamespace:
-    return SimpleNamespace(**{name: getattr(module, name) for name in _PRIM_NAMES})
-
-
-def _ext_available(device_type):
-    def available(device):
-        ext = _ext_module()
-        return torch.device(device).type == device_type and ext is not None and ext.available(device)
-
-    return available
-
-
-def _triton_available(device):
-    device = torch.device(device)
-    tk = _triton_module()
-    if tk is None or not tk.available(device):
-        return False
-    return device.type == "cuda" or os.environ.get(_backend.ENV_VAR) == "triton"
-
-
-def _forward_with(get_prims):
-    def forward(edge, x, weights, mask, aux_weight, straight_through):
-        return fused_edge_forward(edge, x, weights, mask, aux_weight, straight_through, prims=get_prims())
-
-    return forward
-
-
-def ext_prims() -> SimpleNamespace:
-    return _prims_of(_ext_module())
-
-
-def triton_prims() -> SimpleNamespace:
-    return _prims_of(_triton_module())
-
-
-for _b in (
-    _backend.Backend("cpu", _forward_with(ext_prims), _ext_available("cpu"), supports, priority=30),
-    _backend.Backend("cuda", _forward_with(ext_prims), _ext_available("cuda"), supports, priority=30),
-    _backend.Backend("triton", _forward_with(triton_prims), _triton_available, supports, priority=20),
-    _backend.Backend("fused", _forward_with(lambda: REF_PRIMS), lambda device: True, supports, priority=10),
-):
-    _backend.register_backend(_b)

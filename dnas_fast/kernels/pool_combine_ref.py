@@ -10,10 +10,29 @@ Its backward for dL/dout = g is, with per-channel constants from ``pool_grad_sta
     dx = maxpool_bwd(a_max * g + b_max + c_max * maxpool(x)) + avgpool_bwd(a_avg * g + b_avg + c_avg * avgpool(x))
          + w_skip * g.
 Nothing per-op is ever stored: the kernels recompute the pools from x.
+
+Every provider (this module, the compiled extension ``_ext``, ``dnas_fast.triton_kernels``) exports the four
+primitives under the same names; ``Prims.of(module)`` bundles them for the fused edge.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+
+class Prims(NamedTuple):
+    """The four parameter-free primitives of one provider, with this module's signatures."""
+
+    pool_stats: Callable
+    pool_combine: Callable
+    pool_grad_stats: Callable
+    pool_combine_backward: Callable
+
+    @classmethod
+    def of(cls, module) -> "Prims":
+        return cls(*(getattr(module, name) for name in cls._fields))
 
 
 def pools(x: torch.Tensor, stride: int):
@@ -28,14 +47,14 @@ def _math(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def pool_stats_ref(x: torch.Tensor, stride: int) -> torch.Tensor:
+def pool_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
     """x (Tensor[N, C, H, W]) -> Tensor[4, C]: per-channel sum and sum of squares of maxpool(x), then avgpool(x)."""
     mp, ap = (_math(p) for p in pools(x, stride))
     dims = (0, 2, 3)
     return torch.stack([mp.sum(dims), (mp * mp).sum(dims), ap.sum(dims), (ap * ap).sum(dims)])
 
 
-def pool_combine_ref(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
+def pool_combine(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None) -> torch.Tensor:
     """coef (Tensor[3, C]) = (s_max, s_avg, bias); w_skip (Tensor[] or None, stride 1 only)."""
     mp, ap = pools(x, stride)
     out = coef[0, None, :, None, None] * mp + coef[1, None, :, None, None] * ap + coef[2, None, :, None, None]
@@ -44,14 +63,14 @@ def pool_combine_ref(x: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: t
     return out
 
 
-def pool_grad_stats_ref(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
+def pool_grad_stats(x: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
     """g (Tensor[N, C, H', W']) -> Tensor[3, C]: per-channel sum(g), sum(g * maxpool(x)), sum(g * avgpool(x))."""
     mp, ap = (_math(p) for p in pools(x, stride))
     g, dims = _math(g), (0, 2, 3)
     return torch.stack([g.sum(dims), (g * mp).sum(dims), (g * ap).sum(dims)])
 
 
-def pool_combine_backward_ref(
+def pool_combine_backward(
     x: torch.Tensor, g: torch.Tensor, stride: int, coef: torch.Tensor, w_skip: torch.Tensor | None
 ) -> torch.Tensor:
     """coef (Tensor[6, C]) = (a_max, b_max, c_max, a_avg, b_avg, c_avg) -> dx (Tensor[N, C, H, W])."""

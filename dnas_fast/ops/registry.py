@@ -8,25 +8,24 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..registry import Registry
+
 OpFactory = Callable[[int, int, int, bool], nn.Module]
 
-_OPS: dict[str, OpFactory] = {}
+_OPS: Registry[OpFactory] = Registry("op")
 
 
 def register_op(name: str, factory: OpFactory | None = None):
     """Register ``factory`` under ``name``; usable as a decorator. Re-registering a name is an error."""
 
     def add(fn: OpFactory) -> OpFactory:
-        if name in _OPS:
-            raise ValueError(f"op {name!r} is already registered")
-        _OPS[name] = fn
-        return fn
+        return _OPS.add(name, fn)
 
     return add(factory) if factory is not None else add
 
 
 def known_ops() -> list[str]:
-    return sorted(_OPS)
+    return _OPS.names()
 
 
 def check_op_names(names) -> list[str]:

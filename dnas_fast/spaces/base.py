@@ -3,22 +3,20 @@
 from torch import nn
 
 from ..arch import ArchWeights, EdgeGroup, check_arch
+from ..registry import Registry
 
-_SPACES: dict[str, type] = {}
+_SPACES: Registry[type] = Registry("space")
 
 
 def register_space(cls):
-    _SPACES[cls.name] = cls
-    return cls
+    return _SPACES.add(cls.name, cls)
 
 
 def known_spaces() -> list[str]:
-    return sorted(_SPACES)
+    return _SPACES.names()
 
 
 def build_space(name: str, **config) -> "SearchSpace":
-    if name not in _SPACES:
-        raise ValueError(f"unknown search space {name!r}; known spaces: {', '.join(known_spaces())}")
     return _SPACES[name](**config)
 
 
@@ -40,7 +38,9 @@ class SearchSpace(nn.Module):
         raise NotImplementedError
 
     def check(self, x, arch):
-        check_arch(arch, self.arch_spec())
+        if "_checked_spec" not in self.__dict__:  # the spec is static; rebuilding it on every forward costs
+            self._checked_spec = self.arch_spec()
+        check_arch(arch, self._checked_spec)
         if x.dim() != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"{self.name} expects input [N, {self.config['in_channels']}, H, W], got {list(x.shape)}")
 

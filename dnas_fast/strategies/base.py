@@ -28,19 +28,19 @@ from torch import nn
 from ..arch import ArchWeights, EdgeGroup
 from ..guard import DivergenceGuard
 from ..precision import Precision
+from ..registry import Registry
 from .diagnostics import dominant_hessian_eigenvalue, preserved_buffers, reference_backend
 from .schedules import AUX_SKIP_SCHEDULES, aux_skip_beta
 
-_STRATEGIES: dict[str, type] = {}
+_STRATEGIES: Registry[type] = Registry("strategy", "strategies")
 
 
 def register_strategy(cls):
-    _STRATEGIES[cls.name] = cls
-    return cls
+    return _STRATEGIES.add(cls.name, cls)
 
 
 def known_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
+    return _STRATEGIES.names()
 
 
 def masks_to_cpu(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,8 +62,6 @@ def top_k_mask(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
 
 
 def build_strategy(name: str, **hparams) -> "Strategy":
-    if name not in _STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(known_strategies())}")
     return _STRATEGIES[name](**hparams)
 
 

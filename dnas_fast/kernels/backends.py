@@ -1,0 +1,92 @@
+"""The fused MixedEdge backends: which primitives (``Prims``) each one runs, where it is available, and its
+priority under ``auto`` (the highest among those available on x's device that support the edge wins):
+
+    cpu      30  compiled-extension primitives (``_ext``), device CPU
+    cuda     30  compiled-extension primitives, device CUDA (extension built with nvcc)
+    triton   20  Triton primitives (``dnas_fast.triton_kernels``) on CUDA; on CPU only when forced
+                 (``DNAS_FAST_BACKEND=triton``) with ``TRITON_INTERPRET=1`` (tests), so ``auto`` never picks the
+                 interpreter
+    fused    10  plain-PyTorch primitives (``pool_combine_ref``): the fused path on every device
+    batched   5  CPU: the cell-level batched path (``batched_cell.py``); a lone edge runs the fused path with the
+                 best primitives of its device
+    reference -1 (``mixed_edge.py``): the naive per-op loop; ``auto`` falls back to it for edges with an op the
+                 fused path does not know (e.g. MBConv)
+
+So on CPU ``auto`` = cpu if ``dnas_fast._C`` is built, else fused; on CUDA = cuda > triton > fused.
+"""
+
+import os
+
+import torch
+
+from .. import _backend
+from .edge_structure import supports
+from .fused_edge import REF_PRIMS, fused_edge_forward
+from .pool_combine_ref import Prims
+
+BATCHED = "batched"  # the cell forwards look for this name (batched_cell.py)
+
+
+def _ext():
+    try:
+        from . import _ext
+    except ImportError:
+        return None
+    return _ext
+
+
+def _triton():
+    try:
+        from .. import triton_kernels
+    except ImportError:
+        return None
+    return triton_kernels
+
+
+def _ext_available(device_type: str):
+    def available(device) -> bool:
+        ext = _ext()
+        return torch.device(device).type == device_type and ext is not None and ext.available(device)
+
+    return available
+
+
+def _triton_available(device) -> bool:
+    device = torch.device(device)
+    tk = _triton()
+    if tk is None or not tk.available(device):
+        return False
+    return device.type == "cuda" or os.environ.get(_backend.ENV_VAR) == "triton"
+
+
+def ext_prims() -> Prims:
+    return Prims.of(_ext())
+
+
+def triton_prims() -> Prims:
+    return Prims.of(_triton())
+
+
+def best_prims(device) -> Prims:
+    """The compiled primitives where they run on ``device``, else the plain-PyTorch ones."""
+    ext = _ext()
+    return ext_prims() if ext is not None and ext.available(device) else REF_PRIMS
+
+
+def _forward_with(get_prims):
+    def forward(edge, x, weights, mask, aux_weight, straight_through):
+        return fused_edge_forward(edge, x, weights, mask, aux_weight, straight_through, prims=get_prims(x.device))
+
+    return forward
+
+
+for _b in (
+    _backend.Backend("cpu", _forward_with(lambda device: ext_prims()), _ext_available("cpu"), supports, priority=30),
+    _backend.Backend("cuda", _forward_with(lambda device: ext_prims()), _ext_available("cuda"), supports, priority=30),
+    _backend.Backend("triton", _forward_with(lambda device: triton_prims()), _triton_available, supports, priority=20),
+    _backend.Backend("fused", _forward_with(lambda device: REF_PRIMS), lambda device: True, supports, priority=10),
+    _backend.Backend(
+        BATCHED, _forward_with(best_prims), lambda device: torch.device(device).type == "cpu", supports, priority=5
+    ),
+):
+    _backend.register_backend(_b)
