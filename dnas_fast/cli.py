@@ -23,6 +23,19 @@ def _json_arg(text: str) -> dict:
     return value
 
 
+def _bool_arg(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _int_or_text(text: str) -> int | str:
+    """``--batch-size``: a number, else the text as given (``auto``; SearchConfig rejects others in one line)."""
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
 def _read_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -41,9 +54,10 @@ def _read_config_file(path: str) -> dict:
 # flag name -> SearchConfig field (flags default to None so that only what the user typed overrides)
 SEARCH_FLAGS = {
     "space": str, "space_args": _json_arg, "strategy": str, "strategy_args": _json_arg, "data": str,
-    "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": int, "train_portion": float,
-    "lr": float, "weight_decay": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int,
-    "num_workers": int, "precision": str, "checkpoint_every": str,
+    "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": _int_or_text, "train_portion": float,
+    "lr": float, "lr_min": float, "momentum": float, "nesterov": _bool_arg, "weight_decay": float,
+    "grad_clip": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int, "num_workers": int,
+    "precision": str, "checkpoint_every": str, "memory_limit": str,
 }  # fmt: skip
 
 
@@ -56,6 +70,7 @@ def add_search_parser(sub):
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
     p.add_argument("--channels-last", action="store_true", default=None, help="network and batches channels_last")
+    p.add_argument("--scale-lr", action="store_true", default=None, help="lr x batch / the strategy's reference batch")
     p.add_argument("--config", help="JSON or TOML file with SearchConfig fields; flags override it")
     p.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
@@ -69,7 +84,7 @@ def add_search_parser(sub):
 def search_config(args):
     from .search import SearchConfig, config_from_checkpoint
 
-    names = [*SEARCH_FLAGS, "deterministic", "channels_last"]
+    names = [*SEARCH_FLAGS, "deterministic", "channels_last", "scale_lr"]
     typed = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     for flag in ("latency_target", "latency_table"):
         if getattr(args, flag) is not None:

@@ -2,6 +2,8 @@
 
 Defaults are the DARTS paper's CIFAR-10 search settings (SGD momentum 0.9, lr 0.025 cosine to 0.001,
 weight decay 3e-4, grad clip 5, batch 64, 50 epochs; alphas: Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
+A strategy's ``loop_preset`` (its authors' search script) replaces any of these the user leaves unset;
+log.jsonl's first line records every effective setting and where it came from.
 """
 
 import contextlib
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
+from . import autobatch, distributed
 from .checkpoint import (
     FORMAT,
     CheckpointError,
@@ -35,9 +37,16 @@ from .preemption import CheckpointCadence, Preempted, PreemptionSignals
 from .spaces import build_space
 from .strategies import StepContext, build_strategy
 
+# The loop settings a strategy's ``loop_preset`` may set. SearchConfig leaves them None ("not set by the user");
+# ``resolved`` fills them from the preset, else from here.
+LOOP_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": False,
+                 "weight_decay": 3e-4, "grad_clip": 5.0}  # fmt: skip
+
 
 @dataclass
 class SearchConfig:
+    """Fields left None take the strategy's ``loop_preset`` value, else ``LOOP_DEFAULTS``."""
+
     space: str = "darts"
     space_args: dict = field(default_factory=dict)
     strategy: str = "darts"
@@ -45,14 +54,17 @@ class SearchConfig:
     data: str = "digits"
     data_root: str | None = None
     data_args: dict = field(default_factory=dict)
-    epochs: int = 50
-    batch_size: int = 64
+    epochs: int | None = None
+    batch_size: int | str | None = None  # "auto": the largest whose search step fits the memory (autobatch)
     train_portion: float = 0.5
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
+    lr: float | None = None
+    lr_min: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    memory_limit: str | None = None  # bound of batch_size "auto" ("8G", "512M"); CUDA default: the free memory
+    scale_lr: bool = False  # lr (preset or default, not the user's) x batch_size / the preset's (default) batch
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -74,19 +86,41 @@ class SearchConfig:
         return config
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        """Check the values set (None: unset, filled by ``resolved``)."""
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if self.batch_size not in (None, "auto") and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.memory_limit is not None:
+            autobatch.parse_memory(self.memory_limit)  # raises on a malformed size
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
-        if self.lr <= 0 or self.lr_min < 0:
+        if (self.lr is not None and self.lr <= 0) or (self.lr_min is not None and self.lr_min < 0):
             raise ValueError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
+        if self.nesterov and self.momentum is not None and self.momentum <= 0:
+            raise ValueError(f"nesterov needs a positive momentum, got momentum={self.momentum}")
         CheckpointCadence.parse(self.checkpoint_every)  # raises on a malformed cadence
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         for name in ("space_args", "strategy_args", "data_args"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+
+    def resolved(self, strategy_name: str, preset: dict) -> tuple["SearchConfig", dict[str, str]]:
+        """(copy with every unset loop setting filled, {field: source}); a source is ``user``, ``default`` or
+        ``preset:<strategy>``. A field outside ``LOOP_DEFAULTS`` counts as ``default`` while it equals its default.
+        ``batch_size`` ``"auto"`` and ``scale_lr`` stay to be applied (``Searcher.pick_batch_size``)."""
+        values, sources = dataclasses.asdict(self), {}
+        builtin = dataclasses.asdict(SearchConfig())
+        for name, value in values.items():
+            if name in LOOP_DEFAULTS and value is None:
+                values[name] = preset.get(name, LOOP_DEFAULTS[name])
+                sources[name] = f"preset:{strategy_name}" if name in preset else "default"
+            else:
+                sources[name] = "default" if name not in LOOP_DEFAULTS and value == builtin[name] else "user"
+        config = SearchConfig(**values)
+        config.validate()
+        return config, sources
 
 
 def pick_device(name: str) -> torch.device:
@@ -126,21 +160,25 @@ def blame_args(kind: str, name: str, user_args: dict):
 class Searcher:
     """Owns the space, the strategy, the optimizers and the run directory (rank 0 writes it)."""
 
-    def __init__(self, config: SearchConfig, run_dir, rank: int = 0, world_size: int = 1):
+    def __init__(self, config: SearchConfig, run_dir, rank: int = 0, world_size: int = 1, data=None):
+        """``data``: the search data, built from the config when None (the auto-batch trial steps pass a stand-in
+        with ``in_channels`` and ``num_classes``)."""
         config.validate()
-        self.config, self.rank, self.world_size = config, rank, world_size
+        self.rank, self.world_size = rank, world_size
         self.run_dir = Path(run_dir)
         self.device = pick_device(config.device) if world_size == 1 else distributed.local_device(config.device)
-        torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        self.data = build_search_data(
-            config.data, root=config.data_root, batch_size=config.batch_size, train_portion=config.train_portion,
-            seed=config.seed, rank=rank, world_size=world_size, num_workers=config.num_workers, **config.data_args,
-        )  # fmt: skip
         with blame_args("strategy", config.strategy, config.strategy_args):
             self.strategy = build_strategy(config.strategy, **config.strategy_args)
+        config, self.sources = config.resolved(config.strategy, self.strategy.loop_preset)
+        self.auto_batch: autobatch.AutoBatch | None = None
+        if data is None:
+            config = self.pick_batch_size(config)
+            data = self.build_data(config, config.batch_size)
+        self.config, self.data = config, data
+        torch.manual_seed(config.seed)  # after any auto-batch trials: the same start as with that batch given
         from_data = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes}
         clash = sorted(set(from_data) & set(config.space_args))
         if clash:
@@ -158,7 +196,11 @@ class Searcher:
         self.model = distributed.wrap(self.space) if world_size > 1 else self.space
         self.criterion = nn.CrossEntropyLoss()
         self.w_optimizer = torch.optim.SGD(
-            self.space.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            self.space.parameters(),
+            config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
         )
         with blame_args("strategy", config.strategy, config.strategy_args):
             self.a_optimizer = self.strategy.make_arch_optimizer()
@@ -171,6 +213,37 @@ class Searcher:
         if world_size > 1 and self.cadence.seconds is not None:  # ranks' clocks differ: they would save apart
             raise ValueError("under torchrun, checkpoint_every must count steps (e.g. 500), not minutes")
         self.guard = DivergenceGuard(self.device)
+
+    def build_data(self, config: SearchConfig, batch_size: int):
+        return build_search_data(
+            config.data, root=config.data_root, batch_size=batch_size, train_portion=config.train_portion,
+            seed=config.seed, rank=self.rank, world_size=self.world_size, num_workers=config.num_workers,
+            **config.data_args,
+        )  # fmt: skip
+
+    def pick_batch_size(self, config: SearchConfig) -> SearchConfig:
+        """Apply ``batch_size`` "auto" (measured, :mod:`~dnas_fast.autobatch`) and ``scale_lr``; update sources."""
+        if config.batch_size == "auto":
+            if self.world_size > 1:  # ranks would measure apart and could pick different batches
+                raise ValueError("batch_size auto needs a single process; under torchrun give a number")
+            probe = self.build_data(config, 1)  # the data's shape and split sizes
+            self.auto_batch = autobatch.find_batch_size(config, probe, self.device)
+            config = dataclasses.replace(config, batch_size=self.auto_batch.batch)
+            self.sources["batch_size"] = "auto"
+        reference = self.strategy.loop_preset.get("batch_size", LOOP_DEFAULTS["batch_size"])
+        if config.scale_lr and self.sources["lr"] != "user" and config.batch_size != reference:
+            # linear scaling (Goyal et al. 2017): the preset's lr belongs to the preset's batch, a user's lr to none
+            config = dataclasses.replace(config, lr=config.lr * config.batch_size / reference)
+            self.sources["lr"] += f", scaled by batch {config.batch_size}/{reference}"
+        return config
+
+    def header(self) -> dict:
+        """log.jsonl's first line: every effective setting and its source (and how an auto batch was found)."""
+        settings = {k: {"value": v, "source": self.sources[k]} for k, v in dataclasses.asdict(self.config).items()}
+        header = {"header": True, "settings": settings}
+        if self.auto_batch is not None:
+            header["auto_batch"] = self.auto_batch.record()
+        return header
 
     # ---- persistence --------------------------------------------------------------------------------
     @property
@@ -267,21 +340,16 @@ class Searcher:
         )  # fmt: skip
         start = time.perf_counter()
         for step, (x, y) in bar:
-            if strategy.bilevel and not strategy.arch_frozen():
+            valid_batch = None
+            if self.arch_step_due():
                 try:
-                    xv, yv = next(valid_iter)
+                    valid_batch = next(valid_iter)
                 except StopIteration:  # a new pass over this epoch's validation order, from its start
                     self.data.valid.set_epoch(self.epoch)
                     self.valid_pos, valid_iter = 0, self.batches(self.data.valid)
-                    xv, yv = next(valid_iter)
+                    valid_batch = next(valid_iter)
                 self.valid_pos += 1
-                arch_loss = strategy.arch_step(ctx, (x, y), (xv, yv)).get("arch_loss")
-                if arch_loss is not None:
-                    self.guard.watch("architecture loss", arch_loss)
-            loss, logits = strategy.weight_step(ctx, (x, y))
-            self.guard.watch("loss", loss)
-            self.guard.watch_parameters("architecture parameters", strategy.arch_parameters())
-            self.guard.step()
+            loss, logits = self.search_step(ctx, (x, y), valid_batch)
             partial["loss_sum"] += loss * len(y)
             partial["correct"] += (logits.argmax(1) == y).sum()
             partial["seen"] += len(y)
@@ -299,6 +367,22 @@ class Searcher:
         self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
         seen = partial["seen"]
         return {"train_loss": (partial["loss_sum"] / seen).item(), "train_acc": (partial["correct"] / seen).item()}
+
+    def arch_step_due(self) -> bool:
+        return self.strategy.bilevel and not self.strategy.arch_frozen()
+
+    def search_step(self, ctx: StepContext, train_batch, valid_batch):
+        """One step: the architecture update on ``valid_batch`` (None: none now), then the weight update;
+        returns (loss, logits) of the weight update."""
+        if valid_batch is not None:
+            arch_loss = self.strategy.arch_step(ctx, train_batch, valid_batch).get("arch_loss")
+            if arch_loss is not None:
+                self.guard.watch("architecture loss", arch_loss)
+        loss, logits = self.strategy.weight_step(ctx, train_batch)
+        self.guard.watch("loss", loss)
+        self.guard.watch_parameters("architecture parameters", self.strategy.arch_parameters())
+        self.guard.step()
+        return loss, logits
 
     def stop_if_preempted(self) -> None:
         if self.signals.requested:
@@ -343,6 +427,10 @@ class Searcher:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             spec = {group: g.op_names for group, g in self.space.arch_spec().items()}
             atomic_write_text(self.run_dir / "arch_spec.json", json.dumps(spec) + "\n")
+            if not (self.run_dir / "log.jsonl").exists():  # a fresh run; a resumed one keeps its header
+                atomic_write_text(self.run_dir / "log.jsonl", json.dumps(self.header()) + "\n")
+                if self.auto_batch is not None:
+                    log(self.auto_batch.describe())
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         # signals are caught in single-process runs only: ranks could see them at different steps
         with self.signals if self.world_size == 1 else contextlib.nullcontext():
@@ -383,7 +471,7 @@ def truncate_log(run_dir: Path, epochs_done: int) -> None:
     path = run_dir / "log.jsonl"
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["epoch"] <= epochs_done]
+        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs_done]  # header: no epoch
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

@@ -589,16 +589,8 @@ def eval_child(run_dir, recal_batches: int = 20, device: str = "auto", log=print
 
 
 # ---- command line ----------------------------------------------------------------------------------------
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
 def register_cli(subparsers) -> None:
-    from .cli import _json_arg
+    from .cli import _bool_arg, _json_arg
 
     p = subparsers.add_parser("train", help="train a derived architecture from scratch and report test accuracy")
     p.add_argument(
@@ -608,7 +600,7 @@ def register_cli(subparsers) -> None:
         help="run dir, genotype.json, Genotype(...) string, known name (DARTS_V2, ...) or NB201 string "
         "(not needed with --resume)",
     )
-    parse = {int: int, float: float, bool: _bool, str: str, dict: _json_arg}
+    parse = {int: int, float: float, bool: _bool_arg, str: str, dict: _json_arg}
     for f in dataclasses.fields(TrainConfig):
         if f.name != "arch":
             kind = next(t for t in parse if t.__name__ in str(f.type))  # "int | None" -> int

@@ -47,4 +47,4 @@ def test_two_gloo_ranks_agree_and_only_rank0_writes(tmp_path):
         assert torch.equal(r0["alphas"][group], r1["alphas"][group])
         assert not torch.allclose(r0["alphas"][group], torch.zeros_like(r0["alphas"][group]), atol=1e-3)
     lines = (run_dir / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 2  # rank 0 only, one line per epoch across the resume
+    assert len(lines) == 3  # rank 0 only: the header, one line per epoch across the resume

@@ -33,7 +33,7 @@ def test_imagenet_search_job_via_cli(tmp_path, capsys):
     data = build_search_data("imagefolder", root=root, batch_size=4, **data_args)
     assert (len(data.train.indices), len(data.valid.indices), data.image_size) == (40, 20, 224)
     assert "Genotype(normal=" in capsys.readouterr().out
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()[1:]]  # after the header
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
         assert all(torch.isfinite(torch.tensor(r[k])) for k in ("train_loss", "valid_loss"))

@@ -2,7 +2,6 @@
 ``test_PRDARTS.py``): gates and gate dropout, no gradient for closed ops, the regulariser over the sampled ops,
 the temperature schedule and the genotype rule, each computed the authors' way in float64."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 from dnas_fast.genotype import Genotype
-from dnas_fast.search import SearchConfig
 from dnas_fast.strategies.pr_darts import PrDarts
 from tests.test_strategies import batch, count_calls, tiny
 from tests.utils import assert_close
@@ -102,12 +100,6 @@ def test_temperature_follows_the_authors_schedule():
         assert strategy.tau() == pytest.approx(expected, rel=1e-12), epoch
     strategy.on_epoch_start(5, 10)
     assert strategy.epoch_log()["tau"] == pytest.approx(1 - 0.9 * 5 / 9)
-
-
-def test_search_defaults_are_search_config_fields():
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    assert set(PrDarts.search_defaults) <= fields
-    SearchConfig.from_dict(PrDarts.search_defaults)  # valid values
 
 
 def test_bad_hyperparameters_are_one_line_errors():

@@ -1,5 +1,6 @@
 """The search loop end to end: resume, CLI, run directory, bad inputs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -51,7 +52,7 @@ def test_log_lines_of_unsaved_epochs_are_dropped_on_resume(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(log.read_text() + json.dumps({"epoch": 2, "note": "killed before checkpoint"}) + "\n")
     run_search(config, tmp_path, resume=True, log=lambda *_: None)
-    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+    assert [json.loads(line).get("epoch") for line in log.read_text().splitlines()] == [None, 1, 2]  # header first
 
 
 def test_short_search_on_builtin_data_learns(tmp_path):
@@ -59,7 +60,7 @@ def test_short_search_on_builtin_data_learns(tmp_path):
         space="nb201", space_args={"C": 8, "N": 1}, data="digits", epochs=4, batch_size=64, lr=0.05, seed=1
     )
     run_search(config, tmp_path, log=lambda *_: None)
-    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()[1:]]
     assert records[-1]["valid_acc"] > 0.5, records[-1]  # chance is 0.1
     assert records[-1]["train_loss"] < records[0]["train_loss"]
 
@@ -74,7 +75,7 @@ def test_cli_search_writes_run_directory_and_derive_and_plot(tmp_path, capsys):
         assert (out / name).is_file(), name
     genotype = (out / "genotype.txt").read_text().strip()
     assert genotype.startswith("Genotype(normal=[")
-    record = json.loads((out / "log.jsonl").read_text())
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[1])
     assert {"train_loss", "valid_acc", "alphas", "genotype", "epoch_time", "peak_memory_mb"} <= record.keys()
     capsys.readouterr()
     assert main(["derive", str(out / "checkpoint.pt"), "--out", str(tmp_path / "derived")]) == 0
@@ -151,10 +152,73 @@ def test_fused_backend_follows_the_reference_genotype_trajectory(tmp_path):
     logs = {}
     for backend in ("reference", "fused", None):  # None: auto, the C++ backend when the extension is built
         run_search(SearchConfig(**{**base, "backend": backend}), tmp_path / str(backend), log=lambda *_: None)
-        logs[backend] = [json.loads(line) for line in (tmp_path / str(backend) / "log.jsonl").read_text().splitlines()]
+        lines = (tmp_path / str(backend) / "log.jsonl").read_text().splitlines()[1:]  # after the header
+        logs[backend] = [json.loads(line) for line in lines]
     for backend in ("fused", None):
         for ref, got in zip(logs["reference"], logs[backend]):
             assert got["genotype"] == ref["genotype"], (backend, got["epoch"])
             for group in ref["alphas"]:
                 diff = (torch.tensor(got["alphas"][group]) - torch.tensor(ref["alphas"][group])).abs().max()
                 assert diff < 1e-5, (backend, group, diff)
+
+
+def strategy_classes():
+    from dnas_fast.strategies import Strategy, known_strategies
+
+    found, todo = {}, [Strategy]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        found.setdefault(cls.name, cls)
+    assert set(known_strategies()) <= set(found)
+    return [found[name] for name in known_strategies()]
+
+
+@pytest.mark.parametrize("cls", strategy_classes(), ids=lambda cls: cls.name)
+def test_loop_preset_keys_are_loop_settings_with_valid_values(cls):
+    from dnas_fast.search import LOOP_DEFAULTS
+
+    assert set(LOOP_DEFAULTS) <= {f.name for f in dataclasses.fields(SearchConfig)}
+    assert set(cls.loop_preset) <= set(LOOP_DEFAULTS), cls.name
+    config, sources = SearchConfig(strategy=cls.name).resolved(cls.name, cls.loop_preset)
+    assert {k for k, s in sources.items() if s.startswith("preset:")} == set(cls.loop_preset)
+
+
+def test_preset_applies_when_unset_and_a_python_api_value_wins():
+    from dnas_fast.strategies.pc_darts import PcDarts
+
+    config, sources = SearchConfig(strategy="pc-darts", batch_size=64).resolved("pc-darts", PcDarts.loop_preset)
+    assert (config.batch_size, sources["batch_size"]) == (64, "user")  # the default's value, but set by the user
+    assert (config.lr, sources["lr"]) == (0.1, "preset:pc-darts")
+    assert (config.lr_min, sources["lr_min"]) == (0.0, "preset:pc-darts")
+    assert (config.epochs, sources["epochs"]) == (50, "default")
+
+
+def test_cli_flag_and_config_file_win_over_the_preset_header_records_sources_and_resume(tmp_path):
+    from dnas_fast.search import LOOP_DEFAULTS
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**TINY, "epochs": 2, "batch_size": None, "weight_decay": 1e-4}))
+    out = tmp_path / "r"
+    argv = ["search", "--config", str(cfg), "--strategy", "pr-darts", "--batch-size", "16", "--out", str(out)]
+    assert main([*argv, "--stop-after", "1"]) == 0
+    settings = json.loads((out / "log.jsonl").read_text().splitlines()[0])["settings"]
+    assert settings["batch_size"] == {"value": 16, "source": "user"}  # flag
+    assert settings["weight_decay"] == {"value": 1e-4, "source": "user"}  # config file
+    assert settings["nesterov"] == {"value": True, "source": "preset:pr-darts"}
+    assert settings["lr_min"] == {"value": 0.001, "source": "preset:pr-darts"}
+    assert settings["seed"] == {"value": 0, "source": "default"}
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["w_optimizer"]["param_groups"][0]["nesterov"]
+    assert all(ckpt["config"][k] is not None for k in LOOP_DEFAULTS)
+    assert main(["search", "--resume", "--out", str(out)]) == 0  # the stored config is complete
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line.get("epoch") for line in lines] == [None, 1, 2]
+
+
+def test_scale_lr_scales_the_preset_lr_not_the_users(tmp_path):
+    base = {**TINY, "strategy": "pc-darts", "batch_size": 32, "scale_lr": True}
+    searcher = Searcher(SearchConfig(**base), tmp_path)
+    assert searcher.config.lr == pytest.approx(0.1 * 32 / 256)
+    assert searcher.header()["settings"]["lr"]["source"] == "preset:pc-darts, scaled by batch 32/256"
+    assert Searcher(SearchConfig(**{**base, "lr": 0.05}), tmp_path).config.lr == 0.05

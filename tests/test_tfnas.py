@@ -365,7 +365,7 @@ def test_cli_search_measures_its_own_table_and_logs(tmp_path, capsys):
             "--epochs", "2", "--batch-size", "8", "--out", str(tmp_path / "run"), "--device", "cpu",
             "--max-steps-per-epoch", "3"]  # fmt: skip
     assert main(argv) == 0
-    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()[1:]]
     assert logs[0]["tau"] == 5.0 and "expected_latency_ms" not in logs[0]  # warm-up: no arch step
     assert logs[1]["expected_latency_ms"] > 0
     derived = json.loads((tmp_path / "run" / "genotype.json").read_text())

@@ -99,10 +99,14 @@ class Strategy(nn.Module):
             or ``None`` (off). skip_beta: its initial weight beta0 (DARTS-: 1.0).
         hessian_eigenvalue: log the dominant eigenvalue of the validation-loss Hessian w.r.t. the alphas each
             epoch (power iteration, ``hessian_iters`` Hessian-vector products, reference backend).
+
+    ``loop_preset``: the authors' search-loop settings (``SearchConfig`` fields, e.g. ``{"batch_size": 256}``),
+    used where the user sets none; empty means the loop's defaults (DARTS's).
     """
 
     name = ""
     bilevel = True
+    loop_preset: dict = {}
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ What the paper changes, with the authors' defaults (yuhuixu1993/PC-DARTS ``train
   scale into the op weights and add ``(beta - 1) * bypass`` on the bypass channels (one pass over them).
 - warm-up: alphas and betas frozen for the first 15 epochs; alphas Adam lr 6e-4 (wd 1e-3).
 - genotype from op weight times edge weight (the authors' ``_parse(softmax(alpha) * edge weights)``).
-The authors' search loop also uses batch 256 and weight lr 0.1 (search-loop settings, not the strategy's).
+- search loop (``loop_preset``, ``train_search.py`` lines 24-26): batch 256, weight lr 0.1 cosine to 0.
 """
 
 import torch
@@ -27,6 +27,7 @@ from .darts import Darts
 @register_strategy
 class PcDarts(Darts):
     name = "pc-darts"
+    loop_preset = {"batch_size": 256, "lr": 0.1, "lr_min": 0.0}
 
     def __init__(self, k: int | None = None, arch_lr: float = 6e-4, warmup_epochs: int = 15, **kwargs):
         super().__init__(arch_lr=arch_lr, warmup_epochs=warmup_epochs, **kwargs)

@@ -26,12 +26,12 @@ Search", NeurIPS 2020), as salesforce/PR-DARTS runs it: the search script its RE
 - Genotype (model ``genotype``, lines 139-161): per node the top 2 (op, input) pairs over all its edges, ranked
   by the per-edge softmax of the alphas, ``none`` excluded, so both may come from one edge
   (:func:`~dnas_fast.genotype.parse_top_pairs_cell`).
-- Loop (``search_defaults``, ``configs/PRDARTS-NASNet-optimizer.config``): 200 epochs, batch 250, SGD lr 0.025
-  cosine to 0.001, momentum 0.9, weight decay 5e-4, Nesterov; alphas Adam 3e-4, (0.5, 0.999), wd 1e-3 (script
-  line 118, lines 251-252), the base defaults.
+- Loop (``loop_preset``, ``configs/PRDARTS-NASNet-optimizer.config`` lines 3-12, the default ``--config_path``
+  of ``test_PRDARTS.py`` line 247): 200 epochs, batch 250, SGD lr 0.025 cosine to 0.001, momentum 0.9, weight
+  decay 5e-4, Nesterov; alphas Adam 3e-4, (0.5, 0.999), wd 1e-3 (script line 118, lines 251-252), the base
+  defaults.
 
 Remaining deviations, with reasons:
-- Nesterov momentum (their config) is not in ``search_defaults``: ``SearchConfig`` has no such field yet.
 - The per-epoch validation (``eval`` phase, which the authors do not have) uses the noise-free gates (their
   median), no dropout, and opens the ``top_k`` highest: a deterministic network for a comparable number.
 - On CUDA the tie-break permutation is drawn on the device (the authors draw it on the CPU and copy it over):
@@ -66,8 +66,8 @@ GROUP_TERMS = ("skip", "pool", "nonskip")
 @register_strategy
 class PrDarts(Darts):
     name = "pr-darts"
-    search_defaults = {"epochs": 200, "batch_size": 250, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
-                       "weight_decay": 5e-4}  # fmt: skip
+    loop_preset = {"epochs": 200, "batch_size": 250, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
+                   "weight_decay": 5e-4, "nesterov": True}  # fmt: skip
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ from .costs import RESOURCES, cost_tables, locate_edges
 class Snas(Strategy):
     name = "snas"
     bilevel = False
+    loop_preset = {"epochs": 150}  # SNAS-Series SNAS/train_search.py line 31
 
     def __init__(
         self,

@@ -14,6 +14,9 @@ a latency target, on the ``mbconv`` space.
   (authors' ``fit_mc_num_by_latency``, widths in ``[max/2, max]``); the kept channels are those with the
   largest depthwise L1 norm. Widths are channel masks in the space, so parameters and momentum survive.
 * Derivation: argmax ops and exits, widths fitted once more, with predicted latency, FLOPs and parameters.
+* Search loop (``loop_preset``, ``train_search.py`` lines 43-47 and 112, as ``example.sh`` runs it): 90 epochs,
+  batch 32, weight decay 1e-5, cosine to 0 (``CosineAnnealingLR`` without ``eta_min``); lr 0.025, momentum 0.9
+  and grad clip 5 are the loop's defaults.
 """
 
 import json
@@ -101,6 +104,7 @@ class TFNAS(Strategy):
     """
 
     name = "tf-nas"
+    loop_preset = {"epochs": 90, "batch_size": 32, "weight_decay": 1e-5, "lr_min": 0.0}
 
     def __init__(
         self, latency_target=None, latency_table=None, latency_device=None, lambda_lat=0.1, tau=5.0,
