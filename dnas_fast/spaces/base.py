@@ -5,7 +5,7 @@ from torch import nn
 from ..arch import ArchWeights, EdgeGroup, check_arch
 from ..registry import Registry
 
-_SPACES: Registry[type] = Registry("space")
+_SPACES: Registry[type] = Registry("search space", "spaces")
 
 
 def register_space(cls):
