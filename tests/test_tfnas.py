@@ -356,6 +356,25 @@ def test_search_resume_is_bitwise_exact(tmp_path):
                 assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
 
 
+def test_search_log_keeps_the_base_fields_and_times_every_step(tmp_path):
+    """TF-NAS overrides arch_step, weight_step and its log hook: the loop still logs step time, the DARTS-
+    beta and the Hessian eigenvalue."""
+    from dnas_fast.search import SearchConfig, run_search
+
+    space_args = {k: v for k, v in TINY.items() if k not in ("in_channels", "num_classes")}
+    synthetic_table(build_space("mbconv", **TINY)).save(tmp_path / "lut.json")
+    strategy_args = {"latency_target": 0.5, "latency_table": str(tmp_path / "lut.json"), "warmup_epochs": 0,
+                     "latency_device": "test-device", "aux_skip": "linear", "hessian_eigenvalue": True,
+                     "hessian_iters": 2}  # fmt: skip
+    config = SearchConfig(space="mbconv", strategy="tf-nas", space_args=space_args, strategy_args=strategy_args,
+                          data="digits", epochs=1, batch_size=8, max_steps_per_epoch=2, device="cpu")  # fmt: skip
+    run_search(config, tmp_path / "run", log=lambda *a: None)
+    (log,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 0 < 2 * log["step_time"] <= log["epoch_time"]
+    assert log["aux_beta"] == 1.0 and isinstance(log["hessian_eigenvalue"], float)
+    assert log["tau"] == 5.0 and log["expected_latency_ms"] > 0
+
+
 def test_cli_search_measures_its_own_table_and_logs(tmp_path, capsys):
     from dnas_fast.cli import main
 

@@ -154,7 +154,7 @@ class TFNAS(Strategy):
         super().on_epoch_start(epoch, num_epochs)
         self.tau.fill_(self.tau0 * self.tau_decay ** max(0, epoch - self.warmup_epochs))
 
-    def epoch_log(self):
+    def extra_log(self):
         log = {"tau": float(self.tau)}
         if self._lat_count:  # mean expected LUT latency over this epoch's arch steps
             log["expected_latency_ms"] = (self._lat_sum / self._lat_count).item()
@@ -249,6 +249,7 @@ class TFNAS(Strategy):
             return {}
         self._check_resolution(ctx.module, valid_batch[0])
         self._prepare(ctx.module)
+        self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         loss, _ = self.loss(ctx, *valid_batch, "arch")
         ctx.precision.scale(loss, "arch").backward()
