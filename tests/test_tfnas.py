@@ -8,18 +8,18 @@ import torch.nn.functional as F
 from scipy.stats import chisquare
 
 from dnas_fast.arch import ArchWeights
-from dnas_fast.latency import (
+from dnas_fast.ops import build_op
+from dnas_fast.ops.mbconv import MBCONV_OPS, build_mbconv, parse_mbconv_name
+from dnas_fast.spaces import build_space
+from dnas_fast.spaces.mbconv import MBConvNet
+from dnas_fast.strategies import StepContext, build_strategy
+from dnas_fast.strategies.tf_nas_latency import (
     LatencyTable,
     SupernetLatency,
     base_key,
     block_key,
     build_table,
 )
-from dnas_fast.ops import build_op
-from dnas_fast.ops.mbconv import MBCONV_OPS, build_mbconv, parse_mbconv_name
-from dnas_fast.spaces import build_space
-from dnas_fast.spaces.mbconv import MBConvNet
-from dnas_fast.strategies import StepContext, build_strategy
 from tests.utils import assert_close
 
 TINY = dict(stages=[[8, 2, 1, "relu"], [16, 2, 2, "swish"]], stem=[8, 8], stem_stride=1, head=16, resolution=8,

@@ -139,7 +139,7 @@ class TFNAS(Strategy):
         return {"table": None if self.table is None else (self.table.device, self.table.to_dict())}
 
     def set_extra_state(self, state):
-        from ..latency import LatencyTable
+        from .tf_nas_latency import LatencyTable
 
         self.table = None if state["table"] is None else LatencyTable.from_dict(*state["table"])
         self._latency = self._block_lat = None
@@ -164,7 +164,7 @@ class TFNAS(Strategy):
     # ---- latency -------------------------------------------------------------------------------------
     def latency_model(self, space):
         """The space's ``SupernetLatency`` (table loaded, or measured on the space's device, on first use)."""
-        from ..latency import SupernetLatency, build_table, device_name, load_table
+        from .tf_nas_latency import SupernetLatency, build_table, device_name, load_table
 
         if self._latency is None:
             device = next(space.parameters()).device
@@ -289,8 +289,8 @@ class TFNAS(Strategy):
         return ops, depths
 
     def derive(self, space):
-        from ..latency import count_flops
         from ..spaces.mbconv import MBConvNet
+        from .tf_nas_latency import count_flops
 
         latency = self.latency_model(space)
         ops, depths = self.parse()
