@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dnas_fast.latency import device_name
 from dnas_fast.mixed_edge import MixedEdge
 from dnas_fast.ops.mbconv import MBCONV_OPS
+from dnas_fast.strategies.tf_nas_latency import device_name
 
 SHAPES = [  # (N, C_in, C_out, H, stride): TF-NAS stage shapes at reduced batch
     (8, 24, 24, 28, 1),

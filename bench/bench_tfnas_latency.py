@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from dnas_fast.cli import main as cli
-from dnas_fast.latency import SupernetLatency, build_table, measure_derived
 from dnas_fast.spaces import build_space
+from dnas_fast.strategies.tf_nas_latency import SupernetLatency, build_table, measure_derived
 
 SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 32], "stem_stride": 1, "head": 64,
          "resolution": 8}  # fmt: skip

@@ -1,4 +1,4 @@
-"""``dnas-fast`` command line: search, derive, plot (+ bench-edge, latency, train and eval-child when their
+"""``dnas-fast`` command line: search, derive, plot, latency (+ bench-edge, train and eval-child when their
 modules exist)."""
 
 import argparse
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 # Subcommands contributed by optional modules: each exposes register_cli(subparsers) and sets args.func.
-PLUGIN_MODULES = ["dnas_fast.bench_edge", "dnas_fast.latency", "dnas_fast.train"]
+PLUGIN_MODULES = ["dnas_fast.bench_edge", "dnas_fast.train"]
 
 
 def _json_arg(text: str) -> dict:
@@ -159,6 +159,89 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def add_latency_parser(subparsers):
+    from .strategies.tf_nas_latency import SAMPLED_WIDTHS
+
+    p = subparsers.add_parser("latency", help="latency lookup tables (TF-NAS)")
+    sub = p.add_subparsers(dest="latency_command", required=True)
+    b = sub.add_parser("build", help="measure a latency table for the mbconv space on this device")
+    b.add_argument("--space-args", default="{}", help="JSON config of the mbconv space (as for search)")
+    b.add_argument("--out", required=True, help="JSON table file (created, or merged: other devices are kept)")
+    b.add_argument("--device", default="cpu", help="cpu or cuda[:i] (GPU tables use batch 32, CPU batch 1)")
+    b.add_argument("--widths", default=None,
+                   help="comma-separated fractions of each candidate's allocated expanded width to time, or "
+                        "'sampled' for " + ",".join(map(str, SAMPLED_WIDTHS)) + "; lookups then interpolate "
+                        "(default: every selectable width, as the authors' table)")  # fmt: skip
+    b.add_argument("--repeats", type=int, default=50, help="timed runs per entry (median)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed runs per entry")
+    b.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
+    b.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        help="random whole networks timed for a whole-network scale of the table (default 0: none)",
+    )
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring (part of the key)")
+    b.set_defaults(func=cmd_latency_build)
+    m = sub.add_parser("measure", help="measure the real latency of a derived network (a run's genotype.json)")
+    m.add_argument("derived", help="genotype.json of a tf-nas run (or a bare derived config)")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--repeats", type=int, default=200)
+    m.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring")
+    m.set_defaults(func=cmd_latency_measure)
+
+
+def cmd_latency_measure(args) -> int:
+    import torch
+
+    from .strategies.tf_nas_latency import default_batch_size, device_name, measure_derived
+
+    path = Path(args.derived)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    doc = json.loads(path.read_text())
+    config = doc.get("config", doc)
+    if "blocks" not in config:
+        raise ValueError(f"{path} holds no derived mbconv network (no 'blocks')")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ms = measure_derived(config, args.device, args.repeats, batch_size=args.batch_size)
+    batch = default_batch_size(args.device) if args.batch_size is None else args.batch_size
+    line = f"measured {ms:.4f} ms on {device_name(args.device)} (batch {batch})"
+    if "predicted_latency_ms" in doc:
+        line += f"; predicted {doc['predicted_latency_ms']:.4f} ms, target {doc['latency_target_ms']:.4f} ms"
+    print(line)
+    return 0
+
+
+def cmd_latency_build(args) -> int:
+    import torch
+
+    from .spaces import build_space
+    from .strategies.tf_nas_latency import SAMPLED_WIDTHS, build_table
+
+    try:
+        space_args = json.loads(args.space_args)
+        widths = {None: None, "sampled": SAMPLED_WIDTHS}.get(args.widths)
+        fractions = widths if widths or args.widths in (None, "sampled") else [float(f) for f in args.widths.split(",")]
+    except ValueError as err:
+        raise ValueError(f"bad --space-args or --widths: {err}") from err
+    if fractions is not None and not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"--widths are fractions in (0, 1], got {fractions}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be positive, got {args.repeats}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    space = build_space("mbconv", **space_args)
+    table = build_table(
+        space, args.device, fractions, args.repeats, args.warmup, args.batch_size, args.calibrate, log=print
+    )
+    table.save(args.out)
+    print(f"{len(table.entries)} entries for {table.device} (batch {table.batch_size}) written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnas-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="write PNG plots of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_plot)
+    add_latency_parser(sub)
     for name in PLUGIN_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register_cli(sub)

@@ -263,7 +263,7 @@ def count_parameters_mb(model: nn.Module) -> float:
 def count_macs_m(model: nn.Module, input_shape) -> float:
     """Multiply-accumulates of one inference forward (conv and linear layers), in millions per image; the
     auxiliary head does not run in eval mode, so it is not counted (as the authors' mult-adds)."""
-    from .latency import count_flops
+    from .strategies.tf_nas_latency import count_flops
 
     was_training = model.training
     try:

@@ -361,12 +361,17 @@ class Searcher:
             if self.step_in_epoch < steps and (self.signals.requested or self.cadence.due(self.guard.host_steps)):
                 self.save()  # mid-epoch: resumes at the next step, same batches, same random draws
                 self.stop_if_preempted()
-        self.guard.check(self.epoch)
+        self.guard.check(self.epoch)  # reads the device: the time below includes the queued work
+        # the loop, not a strategy hook, counts and times the steps: an overridden step cannot skip them
+        step_time = (time.perf_counter() - start) / (steps - first)
         self.scheduler.step()
         self.data.valid.set_epoch(self.epoch)  # evaluation reads the whole validation split
         self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
         seen = partial["seen"]
-        return {"train_loss": (partial["loss_sum"] / seen).item(), "train_acc": (partial["correct"] / seen).item()}
+        return {
+            "train_loss": (partial["loss_sum"] / seen).item(), "train_acc": (partial["correct"] / seen).item(),
+            "step_time": step_time,
+        }  # fmt: skip
 
     def arch_step_due(self) -> bool:
         return self.strategy.bilevel and not self.strategy.arch_frozen()

@@ -9,6 +9,8 @@ import torch
 from dnas_fast.checkpoint import CheckpointError
 from dnas_fast.cli import main
 from dnas_fast.search import SearchConfig, Searcher, run_search
+from dnas_fast.strategies import Strategy
+from dnas_fast.strategies import base as strategies_base
 
 TINY = dict(
     space="nb201", space_args={"C": 4, "N": 1}, data="digits", data_args={"limit": 256}, epochs=3,
@@ -53,6 +55,37 @@ def test_log_lines_of_unsaved_epochs_are_dropped_on_resume(tmp_path):
     log.write_text(log.read_text() + json.dumps({"epoch": 2, "note": "killed before checkpoint"}) + "\n")
     run_search(config, tmp_path, resume=True, log=lambda *_: None)
     assert [json.loads(line).get("epoch") for line in log.read_text().splitlines()] == [None, 1, 2]  # header first
+
+
+class Bare(Strategy):
+    """Overrides the weight step and the log hook without super(): what it may not lose, the loop keeps."""
+
+    name = "bare"
+
+    def weight_step(self, ctx, train_batch):
+        ctx.w_optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss(ctx, *train_batch, "weights")
+        loss.backward()
+        ctx.w_optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def extra_log(self):
+        return {"bare": 1}
+
+
+def test_overridden_hooks_cannot_drop_the_base_log_fields(tmp_path, monkeypatch):
+    monkeypatch.setitem(strategies_base._STRATEGIES, Bare.name, Bare)
+    strategy_args = {"aux_skip": "linear", "hessian_eigenvalue": True, "hessian_iters": 2}
+    config = SearchConfig(**{**TINY, "epochs": 1, "strategy": "bare", "strategy_args": strategy_args})
+    run_search(config, tmp_path, log=lambda *_: None)
+    (log,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert 0 < 3 * log["step_time"] <= log["epoch_time"]
+    assert log["aux_beta"] == 1.0 and isinstance(log["hessian_eigenvalue"], float) and log["bare"] == 1
+    with pytest.raises(TypeError, match="extra_log"):
+
+        class DropsFields(Strategy):
+            def epoch_log(self):
+                return {}
 
 
 def test_short_search_on_builtin_data_learns(tmp_path):

@@ -8,18 +8,18 @@ import torch.nn.functional as F
 from scipy.stats import chisquare
 
 from dnas_fast.arch import ArchWeights
-from dnas_fast.latency import (
+from dnas_fast.ops import build_op
+from dnas_fast.ops.mbconv import MBCONV_OPS, build_mbconv, parse_mbconv_name
+from dnas_fast.spaces import build_space
+from dnas_fast.spaces.mbconv import MBConvNet
+from dnas_fast.strategies import StepContext, build_strategy
+from dnas_fast.strategies.tf_nas_latency import (
     LatencyTable,
     SupernetLatency,
     base_key,
     block_key,
     build_table,
 )
-from dnas_fast.ops import build_op
-from dnas_fast.ops.mbconv import MBCONV_OPS, build_mbconv, parse_mbconv_name
-from dnas_fast.spaces import build_space
-from dnas_fast.spaces.mbconv import MBConvNet
-from dnas_fast.strategies import StepContext, build_strategy
 from tests.utils import assert_close
 
 TINY = dict(stages=[[8, 2, 1, "relu"], [16, 2, 2, "swish"]], stem=[8, 8], stem_stride=1, head=16, resolution=8,
@@ -354,6 +354,25 @@ def test_search_resume_is_bitwise_exact(tmp_path):
         for name, value in a[key].items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_search_log_keeps_the_base_fields_and_times_every_step(tmp_path):
+    """TF-NAS overrides arch_step, weight_step and its log hook: the loop still logs step time, the DARTS-
+    beta and the Hessian eigenvalue."""
+    from dnas_fast.search import SearchConfig, run_search
+
+    space_args = {k: v for k, v in TINY.items() if k not in ("in_channels", "num_classes")}
+    synthetic_table(build_space("mbconv", **TINY)).save(tmp_path / "lut.json")
+    strategy_args = {"latency_target": 0.5, "latency_table": str(tmp_path / "lut.json"), "warmup_epochs": 0,
+                     "latency_device": "test-device", "aux_skip": "linear", "hessian_eigenvalue": True,
+                     "hessian_iters": 2}  # fmt: skip
+    config = SearchConfig(space="mbconv", strategy="tf-nas", space_args=space_args, strategy_args=strategy_args,
+                          data="digits", epochs=1, batch_size=8, max_steps_per_epoch=2, device="cpu")  # fmt: skip
+    run_search(config, tmp_path / "run", log=lambda *a: None)
+    (log,) = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 0 < 2 * log["step_time"] <= log["epoch_time"]
+    assert log["aux_beta"] == 1.0 and isinstance(log["hessian_eigenvalue"], float)
+    assert log["tau"] == 5.0 and log["expected_latency_ms"] > 0
 
 
 def test_cli_search_measures_its_own_table_and_logs(tmp_path, capsys):

@@ -99,11 +99,10 @@ class Asap(Darts):
     def arch_frozen(self) -> bool:
         return super().arch_frozen() or self.in_grace() or self.converged()
 
-    def epoch_log(self) -> dict:
+    def extra_log(self) -> dict:
         masks = self.cpu_active()
         active = torch.cat([m.sum(-1) for m in masks.values()]).double()
         return {
-            **super().epoch_log(),
             "temperature": self.temperature(),
             "pruned_ops": int(sum(int(getattr(self, f"pruned_{g}").sum()) for g in self.spec)),
             "active_ops_per_edge": float(active.mean()),

@@ -10,15 +10,18 @@ Hooks, in the order the loop calls them:
     arch_weights(phase)          alphas -> per-edge weights and masks (``relax_all``, by default ``relax`` per
                                  group), plus the DARTS- auxiliary skip weight when ``aux_skip`` is set
     extra_loss(arch, phase)      added to the cross-entropy (resource or sparsity terms)
-    epoch_log()                  extra per-epoch log fields
+    extra_log()                  the strategy's own per-epoch log fields
     scores()/derive(space)       the final architecture
+
+The loop counts and times the steps itself and logs ``epoch_log()``: the option fields below, then
+``extra_log()``'s. So an override of any hook, with or without ``super()``, cannot drop a logged field;
+``epoch_log`` itself is not a hook (defining it in a subclass raises ``TypeError``).
 
 Two options compose with every strategy: ``aux_skip`` (DARTS-, Chu et al. ICLR 2021: an auxiliary skip path on
 every edge weighted by a beta decayed to 0 over the search) and ``hessian_eigenvalue`` (the dominant eigenvalue
 of the validation-loss Hessian w.r.t. the alphas, logged per epoch).
 """
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -132,7 +135,11 @@ class Strategy(nn.Module):
         self.epoch, self.num_epochs = 0, 1
         self._last_arch_batch = None  # (ctx, batch) of the latest arch step, for the Hessian diagnostic
         self._aux_cache = None  # ((beta, dtype, device), Tensor[]) of the DARTS- weight
-        self._epoch_start, self._steps, self._last_step_end = 0.0, 0, 0.0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "epoch_log" in vars(cls):  # an override could drop the option fields
+            raise TypeError(f"{cls.__name__} defines epoch_log; return its own log fields from extra_log instead")
 
     # ---- setup -------------------------------------------------------------------------------------
     def adapt_space_config(self, config: dict) -> dict:
@@ -202,21 +209,23 @@ class Strategy(nn.Module):
     # ---- schedule hooks ----------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.epoch, self.num_epochs = epoch, num_epochs
-        self._epoch_start, self._steps = time.perf_counter(), 0
 
     def arch_frozen(self) -> bool:
         return self.epoch < self.warmup_epochs
 
     def epoch_log(self) -> dict:
-        """Extra per-epoch fields for the JSON log (temperatures, pruned counts, ...)."""
+        """The strategy's fields of the per-epoch JSON log: those of the options every strategy composes with
+        (DARTS- beta, Hessian eigenvalue), then ``extra_log()``'s. Not a hook."""
         log = {}
         if self.aux_skip:
             log["aux_beta"] = self.aux_beta()
         if self.hessian_eigenvalue and self._last_arch_batch is not None:
             log["hessian_eigenvalue"] = self.hessian_dominant_eigenvalue(*self._last_arch_batch)
-        if self._steps:
-            log["step_time"] = (self._last_step_end - self._epoch_start) / self._steps
-        return log
+        return {**log, **self.extra_log()}
+
+    def extra_log(self) -> dict:
+        """Hook: this strategy's own per-epoch log fields (temperatures, pruned counts, ...)."""
+        return {}
 
     def hessian_dominant_eigenvalue(self, ctx: StepContext, batch) -> float:
         """Dominant eigenvalue of ``d^2 L_val / d alpha^2`` on ``batch`` (DARTS- / R-DARTS diagnostic).
@@ -267,8 +276,6 @@ class Strategy(nn.Module):
             ctx.sync_grads(self.arch_parameters())
             optimizers.append(ctx.a_optimizer)
         ctx.precision.step("weights", *optimizers)
-        self._steps += 1
-        self._last_step_end = time.perf_counter()
         return loss.detach(), logits.detach()
 
     # ---- derivation --------------------------------------------------------------------------------

@@ -186,8 +186,8 @@ class PrDarts(Darts):
         self._last_regularizer = reg.detach()
         return reg
 
-    def epoch_log(self) -> dict:
-        log = {**super().epoch_log(), "tau": self.tau()}
+    def extra_log(self) -> dict:
+        log = {"tau": self.tau()}
         if self._last_regularizer is not None:
             log["regularizer"] = float(self._last_regularizer)
         return log

@@ -96,8 +96,8 @@ class Snas(Strategy):
             return None
         return self.resource_lambda * self.resource_penalty()
 
-    def epoch_log(self) -> dict:
-        log = {**super().epoch_log(), "temperature": self.temperature()}
+    def extra_log(self) -> dict:
+        log = {"temperature": self.temperature()}
         if self.costs is not None:
             with torch.no_grad():
                 log["resource_penalty"] = float(self.resource_penalty())

@@ -143,7 +143,7 @@ class TFNAS(Strategy):
         return {"table": None if self.table is None else (self.table.device, self.table.to_dict())}
 
     def set_extra_state(self, state):
-        from ..latency import LatencyTable
+        from .tf_nas_latency import LatencyTable
 
         self.table = None if state["table"] is None else LatencyTable.from_dict(*state["table"])
         self._latency = self._block_lat = None
@@ -158,7 +158,7 @@ class TFNAS(Strategy):
         super().on_epoch_start(epoch, num_epochs)
         self.tau.fill_(self.tau0 * self.tau_decay ** max(0, epoch - self.warmup_epochs))
 
-    def epoch_log(self):
+    def extra_log(self):
         log = {"tau": float(self.tau)}
         if self._lat_count:  # mean expected LUT latency over this epoch's arch steps
             log["expected_latency_ms"] = (self._lat_sum / self._lat_count).item()
@@ -168,7 +168,7 @@ class TFNAS(Strategy):
     # ---- latency -------------------------------------------------------------------------------------
     def latency_model(self, space):
         """The space's ``SupernetLatency`` (table loaded, or measured on the space's device, on first use)."""
-        from ..latency import SupernetLatency, build_table, device_name, load_table
+        from .tf_nas_latency import SupernetLatency, build_table, device_name, load_table
 
         if self._latency is None:
             device = next(space.parameters()).device
@@ -253,6 +253,7 @@ class TFNAS(Strategy):
             return {}
         self._check_resolution(ctx.module, valid_batch[0])
         self._prepare(ctx.module)
+        self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         loss, _ = self.loss(ctx, *valid_batch, "arch")
         ctx.precision.scale(loss, "arch").backward()
@@ -292,8 +293,8 @@ class TFNAS(Strategy):
         return ops, depths
 
     def derive(self, space):
-        from ..latency import count_flops
         from ..spaces.mbconv import MBConvNet
+        from .tf_nas_latency import count_flops
 
         latency = self.latency_model(space)
         ops, depths = self.parse()

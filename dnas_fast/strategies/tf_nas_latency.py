@@ -8,8 +8,9 @@
   ``[E, K]`` and sink depth weights ``[S, D]`` (authors' ``MixedOP``/``MixedStage``), and the latency of a
   derived architecture (authors' ``get_lookup_latency``).
 * ``measure_ms``, ``count_flops``: real latency and multiply-accumulates of a module.
-* ``register_cli``: ``dnas-fast latency build`` (make a table) and ``dnas-fast latency measure`` (time a derived
-  network from a run's ``genotype.json``).
+
+``dnas-fast latency build`` (make a table) and ``dnas-fast latency measure`` (time a derived network from a run's
+``genotype.json``) are in ``dnas_fast.cli``.
 
 File format (``version`` 1)::
 
@@ -90,7 +91,7 @@ def measure_ms(module: nn.Module, input_shape, device="cpu", repeats=50, warmup=
 @keep_rng
 def measure_derived(config: dict, device="cpu", repeats=200, warmup=20, batch_size=None) -> float:
     """Real median latency (ms) of the derived network ``config`` (``MBConvSpace.derive``) on ``device``."""
-    from .spaces.mbconv import MBConvNet
+    from ..spaces.mbconv import MBConvNet
 
     batch = default_batch_size(device) if batch_size is None else batch_size
     res = config["resolution"]
@@ -138,7 +139,7 @@ class _Base(nn.Module):
 
     def __init__(self, config, last_channels, last_hw):
         super().__init__()
-        from .spaces.mbconv import build_head, build_stem
+        from ..spaces.mbconv import build_head, build_stem
 
         self.stem = build_stem(config["in_channels"], config["stem"], config["stem_stride"], affine=True)
         self.head = build_head(last_channels, config["head"], config["num_classes"], affine=True)
@@ -237,14 +238,12 @@ def width_grid(max_mid: int, fractions=None) -> list[int]:
 
 
 @keep_rng
-def build_table(
-    space, device="cpu", fractions=None, repeats=50, warmup=10, batch_size=None, calibrate=0, log=None
-):
+def build_table(space, device="cpu", fractions=None, repeats=50, warmup=10, batch_size=None, calibrate=0, log=None):
     """Measure every (candidate, block shape) of ``space`` (an ``MBConvSpace``) at every selectable expanded
     width (or, when asked, at ``fractions x allocated width``, interpolating between them), plus its stem and
     head, on ``device``; with ``calibrate`` > 0, also time that many random derived networks whole to get the
     table's ``scale`` (default 0: no calibration, scale 1, as the authors' table)."""
-    from .ops.mbconv import build_mbconv
+    from ..ops.mbconv import build_mbconv
 
     batch = default_batch_size(device) if batch_size is None else batch_size
     entries = {}
@@ -348,75 +347,3 @@ class SupernetLatency:
             for e in edges[: depths[s]]
         )  # fmt: skip
         return self.scale * (self.base + blocks)
-
-
-# ---- CLI -----------------------------------------------------------------------------------------------
-def register_cli(subparsers) -> None:
-    """Adds ``dnas-fast latency build`` and ``dnas-fast latency measure``."""
-    p = subparsers.add_parser("latency", help="latency lookup tables (TF-NAS)")
-    sub = p.add_subparsers(dest="latency_command", required=True)
-    b = sub.add_parser("build", help="measure a latency table for the mbconv space on this device")
-    b.add_argument("--space-args", default="{}", help="JSON config of the mbconv space (as for search)")
-    b.add_argument("--out", required=True, help="JSON table file (created, or merged: other devices are kept)")
-    b.add_argument("--device", default="cpu", help="cpu or cuda[:i] (GPU tables use batch 32, CPU batch 1)")
-    b.add_argument("--widths", default=None,
-                   help="comma-separated fractions of each candidate's allocated expanded width to time, or "
-                        "'sampled' for " + ",".join(map(str, SAMPLED_WIDTHS)) + "; lookups then interpolate "
-                        "(default: every selectable width, as the authors' table)")  # fmt: skip
-    b.add_argument("--repeats", type=int, default=50, help="timed runs per entry (median)")
-    b.add_argument("--warmup", type=int, default=10, help="untimed runs per entry")
-    b.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
-    b.add_argument("--calibrate", type=int, default=0,
-                   help="random whole networks timed for a whole-network scale of the table (default 0: none)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring (part of the key)")
-    b.set_defaults(func=cmd_latency_build)
-    m = sub.add_parser("measure", help="measure the real latency of a derived network (a run's genotype.json)")
-    m.add_argument("derived", help="genotype.json of a tf-nas run (or a bare derived config)")
-    m.add_argument("--device", default="cpu")
-    m.add_argument("--repeats", type=int, default=200)
-    m.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
-    m.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring")
-    m.set_defaults(func=cmd_latency_measure)
-
-
-def cmd_latency_measure(args) -> int:
-    path = Path(args.derived)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    doc = json.loads(path.read_text())
-    config = doc.get("config", doc)
-    if "blocks" not in config:
-        raise ValueError(f"{path} holds no derived mbconv network (no 'blocks')")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    ms = measure_derived(config, args.device, args.repeats, batch_size=args.batch_size)
-    batch = default_batch_size(args.device) if args.batch_size is None else args.batch_size
-    line = f"measured {ms:.4f} ms on {device_name(args.device)} (batch {batch})"
-    if "predicted_latency_ms" in doc:
-        line += f"; predicted {doc['predicted_latency_ms']:.4f} ms, target {doc['latency_target_ms']:.4f} ms"
-    print(line)
-    return 0
-
-
-def cmd_latency_build(args) -> int:
-    from .spaces import build_space
-
-    try:
-        space_args = json.loads(args.space_args)
-        widths = {None: None, "sampled": SAMPLED_WIDTHS}.get(args.widths)
-        fractions = widths if widths or args.widths in (None, "sampled") else [float(f) for f in args.widths.split(",")]
-    except ValueError as err:
-        raise ValueError(f"bad --space-args or --widths: {err}") from err
-    if fractions is not None and not all(0 < f <= 1 for f in fractions):
-        raise ValueError(f"--widths are fractions in (0, 1], got {fractions}")
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be positive, got {args.repeats}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    space = build_space("mbconv", **space_args)
-    table = build_table(
-        space, args.device, fractions, args.repeats, args.warmup, args.batch_size, args.calibrate, log=print
-    )
-    table.save(args.out)
-    print(f"{len(table.entries)} entries for {table.device} (batch {table.batch_size}) written to {args.out}")
-    return 0
