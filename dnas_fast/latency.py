@@ -237,9 +237,7 @@ def width_grid(max_mid: int, fractions=None) -> list[int]:
 
 
 @keep_rng
-def build_table(
-    space, device="cpu", fractions=None, repeats=50, warmup=10, batch_size=None, calibrate=0, log=None
-):
+def build_table(space, device="cpu", fractions=None, repeats=50, warmup=10, batch_size=None, calibrate=0, log=None):
     """Measure every (candidate, block shape) of ``space`` (an ``MBConvSpace``) at every selectable expanded
     width (or, when asked, at ``fractions x allocated width``, interpolating between them), plus its stem and
     head, on ``device``; with ``calibrate`` > 0, also time that many random derived networks whole to get the
@@ -366,8 +364,12 @@ def register_cli(subparsers) -> None:
     b.add_argument("--repeats", type=int, default=50, help="timed runs per entry (median)")
     b.add_argument("--warmup", type=int, default=10, help="untimed runs per entry")
     b.add_argument("--batch-size", type=int, default=None, help="override the paper's batch (32 GPU / 1 CPU)")
-    b.add_argument("--calibrate", type=int, default=0,
-                   help="random whole networks timed for a whole-network scale of the table (default 0: none)")
+    b.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        help="random whole networks timed for a whole-network scale of the table (default 0: none)",
+    )
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads while measuring (part of the key)")
     b.set_defaults(func=cmd_latency_build)
     m = sub.add_parser("measure", help="measure the real latency of a derived network (a run's genotype.json)")
