@@ -105,6 +105,7 @@ class Strategy(nn.Module):
 
     name = ""
     bilevel = True
+    arch_grad_clip: float | None = None  # norm clip of the alpha gradients in a single-level step
 
     def __init__(
         self,
@@ -263,6 +264,9 @@ class Strategy(nn.Module):
         optimizers = [ctx.w_optimizer]
         if single_level:
             ctx.sync_grads(self.arch_parameters())
+            if self.arch_grad_clip is not None:
+                ctx.precision.unscale_("weights", ctx.a_optimizer)
+                nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip)
             optimizers.append(ctx.a_optimizer)
         ctx.precision.step("weights", *optimizers)
         self._steps += 1
