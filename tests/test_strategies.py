@@ -293,7 +293,7 @@ def test_snas_derives_every_edge_with_none_and_round_trips(tmp_path):
     assert tmp_path / "derived" / "genotype.png" in plot_run(tmp_path / "derived")
     net = NetworkCIFAR(4, 10, 3, False, genotype, in_channels=1)
     assert len(net.cells[0]._ops) == 14
-    assert net(batch()[0]).shape == (8, 10)
+    assert net(batch()[0])[0].shape == (8, 10)  # (logits, auxiliary logits)
 
 
 def test_snas_derived_subnet_reproduces_supernet_for_one_hot_sample():
