@@ -346,7 +346,8 @@ def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
 
     config = SearchConfig(
         space="nb201", space_args={"C": 8, "N": 1}, strategy="snas",
-        strategy_args={"resource_lambda": 0.0, "temp_epochs": None}, data="digits", data_args={"limit": 800}, epochs=3, batch_size=32, lr=0.1, seed=0, backend="reference",
+        strategy_args={"resource_lambda": 0.0, "temp_epochs": None}, data="digits", data_args={"limit": 800},
+        epochs=3, batch_size=32, lr=0.1, seed=0, backend="reference",
     )  # fmt: skip
     searcher = Searcher(config, tmp_path)
     searcher.run(log=lambda *_: None)
