@@ -34,6 +34,8 @@ class ArchWeights:
     straight_through: inactive ops still pass a gradient to their weight (GDAS-style).
     edge_scale (Tensor[E] optional): a factor on each edge's whole output, bypassed channels and aux skip
         included (PC-DARTS edge normalisation: ``s = sum_e beta_e * MixedOp_e(h_e)``).
+    drop_path: probability of dropping each edge's whole output per example in training (SNAS search; DARTS
+        cells only), 0 = off.
     """
 
     weights: torch.Tensor
@@ -41,6 +43,7 @@ class ArchWeights:
     aux: torch.Tensor | None = None
     straight_through: bool = False
     edge_scale: torch.Tensor | None = None
+    drop_path: float = 0.0
 
     def edge_args(self, e: int) -> tuple:
         mask = None if self.mask is None else self.mask[e]

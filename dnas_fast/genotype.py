@@ -10,6 +10,27 @@ import torch
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
 
+class EdgeAllGenotype(Genotype):
+    """A cell with EVERY edge, node by node (node ``i`` lists its ``i + 2`` inputs), ``none`` included, so an edge
+    can vanish: SNAS-Series ``SNAS/model_search.py`` ``genotype_edge_all`` (lines 726-756), the format of their
+    ``SNAS_*_edge_all`` genotypes. Renamed ``Genotype(...)`` it pastes into their ``genotypes.py``."""
+
+    __slots__ = ()
+
+
+def cell_nodes(gene, edge_all: bool) -> list[list[tuple[str, int]]]:
+    """Per intermediate node, its ``(op, input)`` pairs: two each, or ``i + 2`` for node ``i`` when ``edge_all``."""
+    nodes, start = [], 0
+    while start < len(gene):
+        size = len(nodes) + 2 if edge_all else 2
+        nodes.append([(op, int(j)) for op, j in gene[start : start + size]])
+        start += size
+    if start != len(gene) or any(len(n) != (i + 2 if edge_all else 2) for i, n in enumerate(nodes)):
+        per_node = "i + 2" if edge_all else "two"
+        raise ValueError(f"{len(gene)} (op, input) pairs do not fill whole nodes of {per_node} pairs")
+    return nodes
+
+
 def parse_darts_cell(scores: torch.Tensor, op_names: list[str], steps: int) -> list[tuple[str, int]]:
     """The authors' ``_parse``: per node, the two inputs with the strongest non-``none`` op, and that op.
 
@@ -44,6 +65,19 @@ def parse_top_pairs_cell(scores: torch.Tensor, op_names: list[str], steps: int) 
     return gene
 
 
+def parse_all_edges_cell(scores: torch.Tensor, op_names: list[str], steps: int) -> list[tuple[str, int]]:
+    """SNAS-Series ``genotype_edge_all._parse``: per node, every input, strongest first (max over all ops,
+    ``none`` included; ties keep input order), each with its argmax op (``none`` included, first on ties)."""
+    scores = scores.detach().cpu().double()
+    gene, start = [], 0
+    for i in range(steps):
+        W = scores[start : start + i + 2]
+        for j in sorted(range(i + 2), key=lambda j: -W[j].max().item()):
+            gene.append((op_names[int(W[j].argmax())], j))
+        start += i + 2
+    return gene
+
+
 def darts_genotype(normal, reduce, op_names, steps=4, multiplier=4, parse=parse_darts_cell) -> Genotype:
     """``parse``: the per-cell rule, :func:`parse_darts_cell` (DARTS) or :func:`parse_top_pairs_cell` (PR-DARTS)."""
     concat = range(2 + steps - multiplier, steps + 2)
@@ -56,19 +90,23 @@ def darts_genotype(normal, reduce, op_names, steps=4, multiplier=4, parse=parse_
 
 
 def genotype_to_json(genotype: Genotype) -> str:
-    return json.dumps(
-        {
-            "normal": [list(p) for p in genotype.normal],
-            "normal_concat": list(genotype.normal_concat),
-            "reduce": [list(p) for p in genotype.reduce],
-            "reduce_concat": list(genotype.reduce_concat),
-        }
-    )
+    fields = {
+        "normal": [list(p) for p in genotype.normal],
+        "normal_concat": list(genotype.normal_concat),
+        "reduce": [list(p) for p in genotype.reduce],
+        "reduce_concat": list(genotype.reduce_concat),
+    }
+    if isinstance(genotype, EdgeAllGenotype):
+        fields["edges"] = "all"
+    return json.dumps(fields)
 
 
 def genotype_from_json(text: str) -> Genotype:
     d = json.loads(text)
-    return Genotype(
+    if d.get("edges", "two") not in ("two", "all"):
+        raise ValueError(f"genotype 'edges' must be 'two' or 'all', got {d['edges']!r}")
+    kind = EdgeAllGenotype if d.get("edges") == "all" else Genotype
+    return kind(
         normal=[(op, int(j)) for op, j in d["normal"]],
         normal_concat=range(d["normal_concat"][0], d["normal_concat"][-1] + 1),
         reduce=[(op, int(j)) for op, j in d["reduce"]],
@@ -77,11 +115,13 @@ def genotype_from_json(text: str) -> Genotype:
 
 
 def genotype_from_string(text: str) -> Genotype:
-    """Parse ``Genotype(normal=[...], normal_concat=range(2, 6), ...)`` without ``eval``."""
+    """Parse ``Genotype(normal=[...], normal_concat=range(2, 6), ...)`` (or ``EdgeAllGenotype(...)``) without
+    ``eval``."""
+    kinds = {"Genotype": Genotype, "EdgeAllGenotype": EdgeAllGenotype}
     try:
         call = ast.parse(text.strip(), mode="eval").body
-        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype"):
-            raise ValueError("not a Genotype(...) call")
+        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) in kinds):
+            raise ValueError("not a Genotype(...) or EdgeAllGenotype(...) call")
         fields = {}
         for kw in call.keywords:
             if isinstance(kw.value, ast.Call):  # range(a, b)
@@ -93,7 +133,7 @@ def genotype_from_string(text: str) -> Genotype:
                 )
             else:
                 fields[kw.arg] = [tuple(p) for p in ast.literal_eval(kw.value)]
-        return Genotype(**fields)
+        return kinds[call.func.id](**fields)
     except (SyntaxError, ValueError, TypeError) as err:
         raise ValueError(f"cannot parse genotype string {text[:80]!r}: {err}") from err
 

@@ -17,25 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .genotype import Genotype
+from .genotype import EdgeAllGenotype, Genotype, cell_nodes
 from .ops import build_op
-from .ops.darts import FactorizedReduce, Identity, ReLUConvBN
+from .ops.darts import FactorizedReduce, Identity, ReLUConvBN, drop_path
 from .spaces.mbconv import MBConvNet
 from .spaces.nb201 import ResNetBasicBlock
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples with probability ``drop_prob`` and rescale the rest (quark0/darts ``utils.drop_path``,
-    out of place so autograd keeps ``x``). Draws from the global RNG of ``x``'s device."""
-    if drop_prob <= 0.0:
-        return x
-    keep = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x / keep * mask
-
-
 class EvalCell(nn.Module):
-    """quark0/darts ``model.Cell``: two preprocessed inputs, ``len(ops) // 2`` nodes of two ops each."""
+    """quark0/darts ``model.Cell``: two preprocessed inputs, nodes of two ops each; for an
+    :class:`EdgeAllGenotype` node ``i`` sums all its ``i + 2`` edges (SNAS-Series ``SNAS/model_edge_all.py``
+    ``Cell``), ``none`` edges included."""
 
     def __init__(self, genotype: Genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
         super().__init__()
@@ -47,34 +39,39 @@ class EvalCell(nn.Module):
         gene, concat = (
             (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
         )
-        if not gene or len(gene) % 2:
-            raise ValueError(f"a cell needs two (op, input) pairs per node, got {len(gene)} pairs")
-        self._steps = len(gene) // 2
-        self._indices = [int(j) for _, j in gene]
-        for i, j in enumerate(self._indices):
-            if not 0 <= j < 2 + i // 2:
-                raise ValueError(
-                    f"pair {i} of the {'reduce' if reduction else 'normal'} cell reads node {j}, "
-                    f"which does not exist yet (nodes 0..{1 + i // 2})"
-                )
+        nodes = cell_nodes(gene, isinstance(genotype, EdgeAllGenotype))
+        if not nodes:
+            raise ValueError("a cell needs at least one node")
+        for i, node in enumerate(nodes):
+            for _, j in node:
+                if not 0 <= j < 2 + i:
+                    raise ValueError(
+                        f"node {2 + i} of the {'reduce' if reduction else 'normal'} cell reads node {j}, "
+                        f"which does not exist yet (nodes 0..{1 + i})"
+                    )
+        self._steps = len(nodes)
+        self._node_sizes = [len(node) for node in nodes]
+        self._indices = [j for node in nodes for _, j in node]
         self._concat = list(concat)
         if not self._concat or max(self._concat) >= 2 + self._steps:
             raise ValueError(f"concat {self._concat} names nodes outside 0..{1 + self._steps}")
         self.multiplier = len(self._concat)
         self._ops = nn.ModuleList(
-            build_op(name, C, C, 2 if reduction and j < 2 else 1, affine=True) for name, j in gene
+            build_op(name, C, C, 2 if reduction and j < 2 else 1, affine=True) for node in nodes for name, j in node
         )
 
     def forward(self, s0, s1, drop_prob: float):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for i in range(self._steps):
-            hs = []
-            for k in (2 * i, 2 * i + 1):
+        start = 0
+        for size in self._node_sizes:
+            s = 0
+            for k in range(start, start + size):
                 h = self._ops[k](states[self._indices[k]])
                 if self.training and drop_prob > 0.0 and not isinstance(self._ops[k], Identity):
                     h = drop_path(h, drop_prob)
-                hs.append(h)
-            states.append(hs[0] + hs[1])
+                s = s + h
+            start += size
+            states.append(s)
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 

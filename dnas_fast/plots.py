@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .genotype import Genotype, genotype_from_json, parse_nb201_arch_string  # noqa: E402
+from .genotype import EdgeAllGenotype, Genotype, cell_nodes, genotype_from_json, parse_nb201_arch_string  # noqa: E402
 
 
 def read_log(run_dir) -> list[dict]:
@@ -117,17 +117,15 @@ def _draw_cell(ax, inputs, nodes: list[list[tuple[str, int]]], output: str | Non
     ax.axis("off")
 
 
-def _cell_nodes(gene) -> list[list[tuple[str, int]]]:
-    return [[tuple(gene[2 * i]), tuple(gene[2 * i + 1])] for i in range(len(gene) // 2)]
-
-
 def plot_genotype(genotype: Genotype, out_dir, name="genotype.png") -> Path:
-    """Normal and reduction cell of a DARTS genotype, one above the other."""
-    steps = max(len(genotype.normal), len(genotype.reduce)) // 2
+    """Normal and reduction cell of a DARTS genotype (two or all edges per node), one above the other."""
+    edge_all = isinstance(genotype, EdgeAllGenotype)
+    steps = max(len(cell_nodes(genotype.normal, edge_all)), len(cell_nodes(genotype.reduce, edge_all)))
     fig, axes = plt.subplots(2, 1, figsize=(2.0 + 1.9 * (steps + 3), 7.5))
     for ax, cell in zip(axes, ("normal", "reduce")):
         concat = list(getattr(genotype, f"{cell}_concat"))
-        _draw_cell(ax, ["c_{k-2}", "c_{k-1}"], _cell_nodes(getattr(genotype, cell)), "c_{k}", concat, f"{cell} cell")
+        nodes = cell_nodes(getattr(genotype, cell), edge_all)
+        _draw_cell(ax, ["c_{k-2}", "c_{k-1}"], nodes, "c_{k}", concat, f"{cell} cell")
     fig.tight_layout()
     path = Path(out_dir) / name
     fig.savefig(path, dpi=110)

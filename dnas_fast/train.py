@@ -123,7 +123,7 @@ def resolve_architecture(text: str) -> Architecture:
     path = Path(text)
     if text in NAMED_GENOTYPES:
         return Architecture("darts", NAMED_GENOTYPES[text])
-    if text.startswith("Genotype("):
+    if text.startswith(("Genotype(", "EdgeAllGenotype(")):
         return Architecture("darts", genotype_from_string(text))
     if text.startswith("|"):
         parse_nb201_arch_string(text)

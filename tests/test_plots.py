@@ -3,8 +3,8 @@
 import matplotlib.pyplot as plt
 import pytest
 
-from dnas_fast.genotype import NAMED_GENOTYPES
-from dnas_fast.plots import _cell_nodes, _draw_cell, plot_genotype, plot_mbconv, plot_nb201
+from dnas_fast.genotype import NAMED_GENOTYPES, cell_nodes
+from dnas_fast.plots import _draw_cell, plot_genotype, plot_mbconv, plot_nb201
 from dnas_fast.spaces.mbconv import MBConvSpace
 
 NB201 = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
@@ -28,7 +28,7 @@ def test_darts_cells_read_left_to_right_with_one_clear_label_per_edge(name):
     genotype = NAMED_GENOTYPES[name]
     for cell in ("normal", "reduce"):
         gene = getattr(genotype, cell)
-        nodes = _cell_nodes(gene)
+        nodes = cell_nodes(gene, edge_all=False)
         labels, boxes, x = drawn(["c_{k-2}", "c_{k-1}"], nodes, "c_{k}", list(getattr(genotype, f"{cell}_concat")))
         assert [t.get_text() for t in labels] == [op for op, _ in gene]  # one label per edge
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), f"{name} {cell}"

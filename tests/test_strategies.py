@@ -80,14 +80,29 @@ def test_snas_samples_follow_gumbel_softmax():
     assert ((freq - p).abs() < 4 * (p * (1 - p) / 2000).sqrt() + 1e-3).all()
 
 
-def test_snas_temperature_schedule():
+def authors_temperature(epoch, base=1.0, temp_min=0.03):
+    """SNAS-Series ``SNAS/utils.py`` ``Temp_Scheduler`` (128-148), transcribed: built once, then stepped before
+    each epoch (``train_search.py`` 314, 324-325); ``total_epochs`` is hard-coded to 150."""
+    last_epoch = -1 + 1  # the constructor's step(last_epoch + 1)
+    for _ in range(epoch + 1):
+        last_epoch += 1
+    temp = (1 - last_epoch / 150) * (base - temp_min) + temp_min
+    return max(temp, temp_min)
+
+
+@pytest.mark.parametrize("num_epochs", [2, 150, 200])
+def test_snas_temperature_is_authors_schedule(num_epochs):
     strategy = build_strategy("snas")
+    epochs = [e for e in (0, 1, 74, 148, 149, 160, 199) if e < num_epochs]
     temps = []
-    for e in range(10):
-        strategy.on_epoch_start(e, 10)
+    for e in epochs:
+        strategy.on_epoch_start(e, num_epochs)
         temps.append(strategy.temperature())
-    expected = [0.03 + 0.97 * (1 - (e + 1) / 10) for e in range(10)]  # authors' linear annealing, 1 -> 0.03
-    assert temps == pytest.approx(expected) and temps[-1] == pytest.approx(0.03)
+    assert temps == pytest.approx([authors_temperature(e) for e in epochs], rel=1e-12)
+    assert temps[0] == pytest.approx(0.03 + 0.97 * 149 / 150)  # epoch 0 already anneals
+    own = build_strategy("snas", temp_epochs=None)  # our option: anneal over the run's epochs
+    own.on_epoch_start(0, 10)
+    assert own.temperature() == pytest.approx(0.03 + 0.97 * 0.9)
 
 
 def analytic_costs(C, S):
@@ -99,25 +114,186 @@ def analytic_costs(C, S):
 
 
 @pytest.mark.parametrize("log_penalty", [False, True], ids=["linear", "log"])
-def test_snas_resource_penalty_is_hand_computed_expectation(log_penalty):
-    strategy, model, ctx = tiny("snas", dtype=torch.float64, log_penalty=log_penalty)
+def test_snas_discrete_penalty_is_hand_computed_expectation(log_penalty):
+    strategy, model, ctx = tiny("snas", dtype=torch.float64, log_penalty=log_penalty, method="discrete")
     x, y = batch(dtype=torch.float64)
     strategy.on_epoch_start(0, 5)
     strategy.loss(ctx, x, y, "weights")  # measures the cost tables on the first batch
     p = strategy.probabilities("cell").detach()
     cells = [analytic_costs(4, 8), analytic_costs(8, 4), analytic_costs(16, 2)]  # NB201 N=1: three stages
     assert_close("cost table", strategy.costs["cell"][:, 0], torch.stack(cells), atol=0, rtol=0)
-    per_resource = []
-    for r in range(3):
-        per_cell = []
-        for c in cells:
-            edge = p @ c[:, r]  # [E] expected cost of each edge
-            per_cell.append((edge.clamp_min(1).log() if log_penalty else edge).sum())
-        per_resource.append(sum(per_cell) / len(per_cell))
-    expected = sum(per_resource) / 3
-    assert_close("penalty", strategy.resource_penalty().detach(), torch.as_tensor(expected), atol=1e-9, rtol=1e-9)
+    per_cell = []
+    for c in cells:
+        edge = p @ c  # [E, R] expected cost of each edge
+        if log_penalty:  # their R < 1 -> 1, log, mean of the three resources
+            per_cell.append(edge.clamp_min(1).log().mean(1).sum())
+        else:  # their 0.43 (2 size + flops / 4000 + mac / 100)
+            per_cell.append((0.43 * (2 * edge[:, 0] + edge[:, 1] / 4000 + edge[:, 2] / 100)).sum())
+    expected = sum(per_cell) / len(per_cell)  # a group outside the DARTS space: divided by its cell count
     arch = strategy.arch_weights("weights")
-    assert_close("extra loss", strategy.extra_loss(arch, "weights").detach(), 1e-2 * expected, atol=1e-12, rtol=1e-9)
+    assert_close("extra loss", strategy.extra_loss(arch, "weights").detach(), 1.5e-3 * expected, atol=0, rtol=1e-12)
+
+
+def authors_log_penalty(op_size, op_flops, op_mac, weights):
+    """SNAS-Series ``SNAS/model_search.py`` 448-461 and 474 (``reparametrization``, ``separation='all'``), one
+    cell: Tensor[E] ``log_resource_penalty`` of op costs ``[E, K]`` under op weights ``[E, K]``."""
+    logs = []
+    for cost in (op_size, op_flops, op_mac):
+        clean = (cost * weights).sum(-1).clone()
+        clean[torch.abs((cost * weights).sum(-1)) < 1] = 1
+        logs.append(torch.log(torch.abs(clean)))
+    return (logs[0] + logs[1] + logs[2]) / 3
+
+
+def test_snas_penalty_on_sampled_z_is_authors_reparametrization():
+    """Default: the log penalty of the sampled Z, summed per group and divided by 6 (normal) and 2 (reduce) as
+    ``train_search.py`` 427, times lambda 1.5e-3 (README); its alpha gradient flows through Z."""
+    strategy, model, ctx = tiny("snas", space="darts", dtype=torch.float64)
+    x, y = batch(dtype=torch.float64)
+    strategy.on_epoch_start(0, 2)
+    strategy.loss(ctx, x, y, "weights")
+    arch = strategy.arch_weights("weights")
+    totals = {"normal": 0, "reduce": 0}  # their total_penalty[37] and [38]
+    for group, table in strategy.costs.items():
+        for cell in table:  # [E, K, R]: params (their size), flops, mac
+            totals[group] = totals[group] + authors_log_penalty(*cell.unbind(-1), arch[group].weights).sum()
+    expected = 1.5e-3 * (totals["normal"] / 6 + totals["reduce"] / 2)
+    penalty = strategy.extra_loss(arch, "weights")
+    assert_close("penalty", penalty.detach(), expected.detach(), atol=0, rtol=1e-12)
+    grad = torch.autograd.grad(penalty, strategy.alphas["normal"], retain_graph=True)[0]
+    want = torch.autograd.grad(expected, strategy.alphas["normal"])[0]
+    assert grad.abs().sum() > 0
+    assert_close("alpha gradient", grad, want, atol=1e-15, rtol=1e-10)
+    discrete = build_strategy("snas", method="discrete")
+    discrete.setup(model.arch_spec())
+    discrete.to(torch.float64).alphas.load_state_dict(strategy.alphas.state_dict())
+    discrete.costs = strategy.costs
+    assert not torch.allclose(discrete.extra_loss(arch, "weights"), penalty)  # p, not Z
+
+
+def test_snas_drop_path_on_every_edge_in_training_only(monkeypatch):
+    import dnas_fast.spaces.darts_cell as darts_cell
+
+    strategy, model, _ = tiny("snas", space="darts")
+    calls = []
+
+    def recording(h, p):
+        calls.append(p)
+        return darts_cell.drop_path.__wrapped__(h, p)
+
+    recording.__wrapped__ = darts_cell.drop_path
+    monkeypatch.setattr(darts_cell, "drop_path", recording)
+    x = batch()[0]
+    edges = sum(g.num_edges for g in model.arch_spec().values()) // 2 * len(model.cells)  # 14 per cell
+    arch = strategy.arch_weights("weights")
+    torch.manual_seed(0)
+    dropped = model(x, arch)
+    assert calls == [0.3] * edges  # every edge, 'none' and skip included
+    calls.clear()
+    arch0 = {g: dataclasses.replace(a, drop_path=0.0) for g, a in arch.items()}
+    assert not torch.equal(dropped, model(x, arch0))
+    model.eval()
+    calls.clear()
+    with torch.no_grad():
+        assert torch.equal(model(x, arch), model(x, arch0)) and set(calls) == {0.0}
+
+
+def test_snas_single_level_step_sgd_and_arch_grad_clip():
+    """One forward and one backward update weights and alphas (their train_search.py 478-513): plain SGD lr 3e-4
+    on the alphas, their gradient clipped to norm 10."""
+    strategy, model, ctx = tiny("snas", space="darts", dtype=torch.float64, resource_lambda=1e4)
+    opt = ctx.a_optimizer
+    assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 3e-4
+    assert opt.defaults["momentum"] == 0 and opt.defaults["weight_decay"] == 0
+    strategy.on_epoch_start(0, 2)
+    strategy.loss(ctx, *batch(dtype=torch.float64), "weights")  # cost tables
+    alphas = [a.detach().clone() for a in strategy.arch_parameters()]
+    weights = [w.detach().clone() for w in model.parameters()]
+    calls, handles = count_calls([model])
+    loop_step(strategy, ctx, batch(dtype=torch.float64), None)  # no validation batch at all
+    assert calls[id(model)] == 1
+    step = torch.cat([(a - b).flatten() for a, b in zip(strategy.arch_parameters(), alphas)])
+    assert step.norm().item() == pytest.approx(3e-4 * 10, rel=1e-9)  # the huge penalty's gradient, clipped
+    assert any(not torch.equal(w, v) for w, v in zip(model.parameters(), weights))
+    for h in handles:
+        h.remove()
+
+
+def test_snas_search_draws_no_validation_batch_for_arch_steps(tmp_path):
+    from dnas_fast.search import Searcher
+
+    config = SearchConfig(
+        space="nb201", space_args={"C": 4, "N": 1}, strategy="snas", data="digits", data_args={"limit": 96},
+        epochs=1, batch_size=16, backend="reference",
+    )  # fmt: skip
+    searcher = Searcher(config, tmp_path)
+    drawn = {"train": 0, "valid": 0}
+    batches = searcher.batches
+
+    def counting(split):
+        for b in batches(split):
+            drawn["train" if split is searcher.data.train else "valid"] += 1
+            yield b
+
+    searcher.batches = counting
+    searcher.train_epoch()
+    assert drawn == {"train": len(searcher.data.train), "valid": 0}
+
+
+def authors_edge_all(weights, op_names, steps=4):
+    """SNAS-Series ``SNAS/model_search.py`` ``genotype_edge_all._parse`` (728-746), transcribed."""
+    gene, n, start = [], 2, 0
+    for i in range(steps):
+        end = start + n
+        W = weights[start:end].copy()
+        edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x]))))[:]
+        for j in edges:
+            k_best = None
+            for k in range(len(W[j])):
+                if k_best is None or W[j][k] > W[j][k_best]:
+                    k_best = k
+            gene.append((op_names[k_best], j))
+        start = end
+        n += 1
+    return gene
+
+
+def test_snas_derives_every_edge_with_none_and_round_trips(tmp_path):
+    """Hand-made alphas: edge 2 (node 3, input 0) has argmax 'none' and vanishes from the child; the export says
+    it lists all edges and comes back through ``dnas-fast derive``, JSON, repr, the plot and the eval network."""
+    from dnas_fast.genotype import EdgeAllGenotype, genotype_from_json, genotype_from_string
+    from dnas_fast.networks import NetworkCIFAR
+    from dnas_fast.plots import plot_run
+    from dnas_fast.train import resolve_architecture
+
+    config = SearchConfig(
+        space="darts", space_args={"C": 4, "layers": 3}, strategy="snas", data="digits", data_args={"limit": 64},
+        epochs=1, batch_size=16, max_steps_per_epoch=1, backend="reference",
+    )  # fmt: skip
+    run_search(config, tmp_path / "run", log=lambda *_: None)
+    ckpt_path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    g = torch.Generator().manual_seed(0)
+    hand = {grp: torch.randn(14, 8, generator=g) for grp in ("normal", "reduce")}
+    hand["normal"][2] = torch.tensor([5.0, 1, 1, 1, 1, 1, 1, 1])  # 'none' wins on edge 2
+    for grp, alpha in hand.items():
+        ckpt["strategy_state"][f"alphas.{grp}"] = alpha
+    torch.save(ckpt, ckpt_path)
+    assert main(["derive", str(ckpt_path), "--out", str(tmp_path / "derived")]) == 0
+    text = (tmp_path / "derived" / "genotype.json").read_text()
+    assert json.loads(text)["edges"] == "all"
+    genotype = genotype_from_json(text)
+    names = ckpt["space_config"]["op_names"]
+    for grp in ("normal", "reduce"):
+        assert getattr(genotype, grp) == authors_edge_all(F.softmax(hand[grp], -1).numpy(), names)
+    assert isinstance(genotype, EdgeAllGenotype) and ("none", 0) in genotype.normal[2:5]  # node 3 lists inputs 0-2
+    assert genotype_from_string(repr(genotype)) == genotype and repr(genotype).startswith("EdgeAllGenotype(")
+    assert resolve_architecture(str(tmp_path / "derived")).value == genotype
+    (tmp_path / "derived" / "log.jsonl").write_text((tmp_path / "run" / "log.jsonl").read_text())
+    assert tmp_path / "derived" / "genotype.png" in plot_run(tmp_path / "derived")
+    net = NetworkCIFAR(4, 10, 3, False, genotype, in_channels=1)
+    assert len(net.cells[0]._ops) == 14
+    assert net(batch()[0])[0].shape == (8, 10)  # (logits, auxiliary logits)
 
 
 def test_snas_derived_subnet_reproduces_supernet_for_one_hot_sample():
@@ -159,7 +335,8 @@ def test_snas_zero_weight_ops_are_not_run_and_hard_mode_runs_one_op():
 def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
     """SNAS's claim: the derived child, with inherited weights and no retraining, keeps the parent's accuracy.
 
-    Parent: the supernet under Gumbel-softmax samples at the final temperature (3 samples); child: the argmax
+    Parent: the supernet under Gumbel-softmax samples at the final temperature (3 samples; ``temp_epochs=None``
+    anneals the 3-epoch run to ``temp_min``, as the authors' 150 epochs do); child: the argmax
     network from ``derive_subnet``. A 3-epoch search of the built-in digits. Reported with BN running statistics
     (eval mode) and with batch statistics (the running statistics of a stochastic supernet average over sampled
     architectures); the claim is checked on the latter.
@@ -168,8 +345,9 @@ def test_snas_child_keeps_parent_accuracy_on_digits(tmp_path):
     from dnas_fast.strategies.diagnostics import preserved_buffers
 
     config = SearchConfig(
-        space="nb201", space_args={"C": 8, "N": 1}, strategy="snas", strategy_args={"resource_lambda": 0.0},
-        data="digits", data_args={"limit": 800}, epochs=3, batch_size=32, lr=0.1, seed=0, backend="reference",
+        space="nb201", space_args={"C": 8, "N": 1}, strategy="snas",
+        strategy_args={"resource_lambda": 0.0, "temp_epochs": None}, data="digits", data_args={"limit": 800},
+        epochs=3, batch_size=32, lr=0.1, seed=0, backend="reference",
     )  # fmt: skip
     searcher = Searcher(config, tmp_path)
     searcher.run(log=lambda *_: None)

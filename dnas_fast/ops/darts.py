@@ -23,6 +23,16 @@ DARTS_OPS = [
 ]
 
 
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest (quark0/darts ``utils.drop_path``,
+    out of place so autograd keeps ``x``). Draws from the global RNG of ``x``'s device."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
 class ReLUConvBN(nn.Module):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, dilation=1):
         super().__init__()

@@ -9,7 +9,7 @@ from ..genotype import darts_genotype
 from ..kernels import batched_cell
 from ..mixed_edge import MixedEdge
 from ..ops import DARTS_OPS, check_op_names
-from ..ops.darts import FactorizedReduce, ReLUConvBN
+from ..ops.darts import FactorizedReduce, ReLUConvBN, drop_path
 from .base import SearchSpace, register_space
 
 
@@ -30,11 +30,15 @@ class Cell(nn.Module):
 
     def forward(self, s0, s1, arch):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        if batched_cell.cell_forward(self._ops, states, arch, self._sources, self.training) is not None:
+        drop = arch.drop_path if self.training else 0.0
+        if not drop and batched_cell.cell_forward(self._ops, states, arch, self._sources, self.training) is not None:
             return torch.cat(states[-self._multiplier :], dim=1)
         offset = 0
         for _ in range(self._steps):
-            s = sum(self._ops[offset + j](h, *arch.edge_args(offset + j)) for j, h in enumerate(states))
+            # drop-path on every edge's output, 'none' and skip included (SNAS search Cell.forward)
+            s = sum(
+                drop_path(self._ops[offset + j](h, *arch.edge_args(offset + j)), drop) for j, h in enumerate(states)
+            )
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self._multiplier :], dim=1)

@@ -110,6 +110,7 @@ class Strategy(nn.Module):
     name = ""
     bilevel = True
     loop_preset: dict = {}
+    arch_grad_clip: float | None = None  # norm clip of the alpha gradients in a single-level step
 
     def __init__(
         self,
@@ -274,6 +275,9 @@ class Strategy(nn.Module):
         optimizers = [ctx.w_optimizer]
         if single_level:
             ctx.sync_grads(self.arch_parameters())
+            if self.arch_grad_clip is not None:
+                ctx.precision.unscale_("weights", ctx.a_optimizer)
+                nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip)
             optimizers.append(ctx.a_optimizer)
         ctx.precision.step("weights", *optimizers)
         return loss.detach(), logits.detach()

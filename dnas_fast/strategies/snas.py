@@ -1,17 +1,45 @@
-"""SNAS (Xie, Zheng, Liu & Lin, "SNAS: Stochastic Neural Architecture Search", ICLR 2019).
+"""SNAS (Xie, Zheng, Liu & Lin, "SNAS: Stochastic Neural Architecture Search", ICLR 2019), as SNAS-Series
+runs it: the single-GPU command of ``SNAS/README.md`` (lines 27-30: ``--snas --epochs 150 --layer 8
+--init_channels 16 --temp 1 --temp_min 0.03 --temp_annealing --resource_efficient --resource_lambda 1.5e-3
+--log_penalty --drop_path_prob 3e-1 --method 'reparametrization' --loss``) with ``SNAS/train_search.py`` defaults.
 
-What the paper changes, with the authors' defaults (SNAS-Series/SNAS-Series ``SNAS/train_search.py`` README
-command ``--temp 1 --temp_min 0.03 --temp_annealing --resource_efficient --resource_lambda 1e-2 --log_penalty``):
-- eq. 2-3: each edge's op choice is a Gumbel-softmax sample ``softmax((alpha + G) / lambda)`` drawn per step;
-  ``hard=True`` gives a one-hot forward with the straight-through gradient.
-- single-level: weights and alphas are updated from the same training loss (``bilevel = False``).
-- temperature: the authors' linear annealing ``lambda_e = min + (lambda_0 - min) (1 - (e + 1) / E)``.
-- Sec. 2.4 resource constraint: ``lambda_R * E_{Z~p}[C(Z)]``; C is linear in Z, so the expectation is
-  ``sum_e sum_k p_ek c_ek`` (p = softmax(alpha)), per cell, averaged over the cells of a group; with
-  ``log_penalty`` each edge contributes ``log(max(E[c_e], 1))`` (authors' ``log_resource_penalty``). Costs are
-  parameters, FLOPs and MAC measured on the actual ops (:mod:`.costs`), averaged over the chosen ``resources``.
-- ops whose sampled weight is exactly 0 are not run (MixedEdge mask, one host copy per step).
-- derivation keeps the sampled child with its trained weights: :meth:`Snas.derive_subnet`.
+Files below are SNAS-Series ``SNAS/...`` at commit 9a43adb.
+- Relaxation (``model_search.py`` ``_get_categ_mask``, 665-670): one Gumbel-softmax sample ``Z = softmax((alpha
+  + G) / T)`` per group per step, shared by all cells of the group (281-283). ``hard=True`` (our option) gives
+  a one-hot forward with the straight-through gradient.
+- Single-level (``train_search.py`` 478-513): one backward of ``CE + resource loss`` on a training batch gives
+  the weight and the alpha gradients; weights clipped at ``grad_clip`` (504), alphas at norm 10 (505), then both
+  optimizers step (509, 512). The loop draws no validation batch for a single-level strategy (``bilevel``).
+- Architecture optimizer (``train_search.py`` 268-271): plain SGD, lr 3e-4 (``--arch_learning_rate``), no
+  momentum, no weight decay. Adam (betas (0.5, 0.999), wd 1e-3) is only their distributed branch (254-259):
+  ``arch_optimizer="adam"``.
+- Temperature (``utils.py`` ``Temp_Scheduler``, 128-148, stepped once before each epoch, ``train_search.py``
+  324-325): ``T_e = max(min + (T0 - min)(1 - (e + 1) / 150), min)``; the constructor already steps once, so
+  epoch 0 anneals. 150 is hard-coded (``utils.py`` 144) whatever ``--epochs`` is: ``temp_epochs=150``;
+  ``temp_epochs=None`` anneals over the run's own epochs instead.
+- Resource penalty (``model_search.py`` 416-569, ``train_search.py`` 421-447): per cell and edge the cost of
+  the SAMPLED Z, ``R_e = sum_k Z_ek c_ek`` (``method="reparametrization"``, their 448-450), or of the
+  probabilities ``p = softmax(alpha)`` (``method="discrete"``, 416-420). ``log_penalty``: each resource's
+  ``R_e`` below 1 counts as 1, then ``log``, averaged over the resources (423-431, 452-461, 474);
+  otherwise ``0.43 (2 params + flops / 4000 + mac / 100)`` (473; one resource alone: its plain cost, 476-483).
+  Summed over edges and over the cells of a group, then divided by 6 (normal) and 2 (reduce) as their loop
+  does (``train_search.py`` 425-430: the cell counts of their 8-layer network, kept for any ``layers``); a
+  group of another space is divided by its own cell count. ``loss = CE + lambda * penalty`` (445-452),
+  ``lambda = 1.5e-3`` (README).
+- Drop-path 0.3 on every edge of the search cells, ``none`` and skip included, in training only
+  (``model_search.py`` 104-106: the ``Identity`` test never holds for a ``MixedOp``; ``utils.py`` 105-111).
+- Derivation: the child is every edge with its argmax op, ``none`` included, so an edge can vanish
+  (``model_search.py`` ``genotype_edge_all``, 726-756, logged each epoch by ``train_search.py`` 336-342):
+  an :class:`~dnas_fast.genotype.EdgeAllGenotype` on the DARTS space (other spaces: their own argmax rule).
+  :meth:`Snas.derive_subnet` keeps the sampled child with its trained weights.
+- Alphas start at ``N(1, 0.01)`` (``--loc_mean 1 --loc_std 0.01``); the offset cancels in the softmax.
+
+Remaining deviations: costs are measured on our op modules (:mod:`.costs`), not their closed forms
+(``operations.py``: e.g. their MAC counts the BN and ReLU passes); drop-path reaches DARTS cells only
+(``ArchWeights.drop_path``; the authors have no other space); the whole training set for the weights and the
+test set for validation, and their LR schedule one epoch ahead (``scheduler.step()`` before each epoch under
+PyTorch 0.4), are loop settings (``--train-portion``, not here); their ``--ratio`` (1) and auxiliary head (off)
+are not built.
 """
 
 import copy
@@ -21,8 +49,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..arch import ArchWeights
+from ..genotype import EdgeAllGenotype, parse_all_edges_cell
+from ..spaces.darts_cell import DartsSpace
 from .base import Strategy, masks_to_cpu, register_strategy, top_k_mask
 from .costs import RESOURCES, cost_tables, locate_edges
+
+METHODS = ("reparametrization", "discrete")
+ARCH_OPTIMIZERS = ("sgd", "adam")
+PENALTY_DIVISORS = {"normal": 6, "reduce": 2}  # train_search.py 425-430
+LINEAR_WEIGHTS = {"params": 0.43 * 2, "flops": 0.43 / 4000, "mac": 0.43 / 100}  # model_search.py 473
 
 
 @register_strategy
@@ -30,15 +65,20 @@ class Snas(Strategy):
     name = "snas"
     bilevel = False
     loop_preset = {"epochs": 150}  # SNAS-Series SNAS/train_search.py line 31
+    arch_grad_clip = 10.0  # train_search.py 505
 
     def __init__(
         self,
         temp: float = 1.0,
         temp_min: float = 0.03,
+        temp_epochs: int | None = 150,
         hard: bool = False,
-        resource_lambda: float = 1e-2,
+        resource_lambda: float = 1.5e-3,
+        method: str = "reparametrization",
         log_penalty: bool = True,
         resources=RESOURCES,
+        drop_path_prob: float = 0.3,
+        arch_optimizer: str = "sgd",
         init_std: float = 1e-2,
         **kwargs,
     ):
@@ -46,13 +86,25 @@ class Snas(Strategy):
         unknown = set(resources) - set(RESOURCES)
         if unknown or not resources:
             raise ValueError(f"resources must be a non-empty subset of {RESOURCES}, got {resources}")
-        self.temp0, self.temp_min, self.hard = temp, temp_min, hard
-        self.resource_lambda, self.log_penalty, self.resources = resource_lambda, log_penalty, tuple(resources)
+        if method not in METHODS or arch_optimizer not in ARCH_OPTIMIZERS:
+            raise ValueError(f"method must be one of {METHODS} and arch_optimizer one of {ARCH_OPTIMIZERS}")
+        if not 0 <= drop_path_prob < 1 or (temp_epochs is not None and temp_epochs < 1):
+            raise ValueError(f"need 0 <= drop_path_prob < 1 and temp_epochs >= 1 or None, got {drop_path_prob}, "
+                             f"{temp_epochs}")  # fmt: skip
+        self.temp0, self.temp_min, self.temp_epochs, self.hard = temp, temp_min, temp_epochs, hard
+        self.resource_lambda, self.method, self.log_penalty = resource_lambda, method, log_penalty
+        self.resources, self.drop_path_prob, self.arch_optimizer = tuple(resources), drop_path_prob, arch_optimizer
         self.costs: dict[str, torch.Tensor] | None = None  # per group Tensor[cells, E, K, R], measured lazily
+        self._last_penalty = None  # Tensor[] of the latest step, for the epoch log
+
+    def make_arch_optimizer(self):
+        if self.arch_optimizer == "adam":
+            return super().make_arch_optimizer()
+        return torch.optim.SGD(self.arch_parameters(), lr=self.arch_lr)
 
     def temperature(self) -> float:
-        progress = min((self.epoch + 1) / self.num_epochs, 1.0)
-        return self.temp_min + (self.temp0 - self.temp_min) * (1.0 - progress)
+        progress = (self.epoch + 1) / (self.temp_epochs or self.num_epochs)
+        return max(self.temp_min + (self.temp0 - self.temp_min) * (1.0 - progress), self.temp_min)
 
     # ---- relaxation --------------------------------------------------------------------------------
     def sample(self, group: str) -> torch.Tensor:
@@ -70,7 +122,10 @@ class Snas(Strategy):
         else:
             weights = soft
             masks = masks_to_cpu({g: y != 0 for g, y in soft.items()})
-        return {g: ArchWeights(weights[g], mask=masks[g], straight_through=self.hard) for g in self.spec}
+        return {
+            g: ArchWeights(weights[g], mask=masks[g], straight_through=self.hard, drop_path=self.drop_path_prob)
+            for g in self.spec
+        }
 
     # ---- resource constraint -----------------------------------------------------------------------
     def loss(self, ctx, x, y, phase):
@@ -82,28 +137,49 @@ class Snas(Strategy):
         device, dtype = self.alphas[next(iter(self.spec))].device, self.alphas[next(iter(self.spec))].dtype
         return {g: t.to(device, dtype) for g, t in cost_tables(space, x, self.resources).items()}
 
-    def resource_penalty(self) -> torch.Tensor:
-        """``sum_groups mean_cells sum_edges E_p[cost]`` (or its log form), averaged over resources."""
+    def resource_penalty(self, choice: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The authors' penalty of per-group op weights ``choice[g]`` (Tensor[E, K]): the sample Z
+        (reparametrization) or softmax(alpha) (discrete); see the module docstring."""
         total = 0
         for group, table in self.costs.items():
-            expected = torch.einsum("ek,cekr->cer", self.probabilities(group), table)  # [cells, E, R]
-            per_edge = expected.clamp_min(1.0).log() if self.log_penalty else expected
-            total = total + per_edge.sum(1).mean(0).mean()
+            cost = torch.einsum("ek,cekr->cer", choice[group], table)  # [cells, E, R]
+            if self.log_penalty:
+                per_edge = cost.clamp_min(1.0).log().mean(-1)
+            elif len(self.resources) == 1:
+                per_edge = cost[..., 0]
+            else:
+                per_edge = cost @ cost.new_tensor([LINEAR_WEIGHTS[r] for r in self.resources])
+            total = total + per_edge.sum() / PENALTY_DIVISORS.get(group, table.shape[0])
         return total
 
     def extra_loss(self, arch, phase):
         if not self.resource_lambda or self.costs is None or phase == "eval":
             return None
-        return self.resource_lambda * self.resource_penalty()
+        if self.method == "reparametrization":
+            choice = {g: arch[g].weights for g in self.costs}
+        else:
+            choice = {g: self.probabilities(g) for g in self.costs}
+        penalty = self.resource_penalty(choice)
+        self._last_penalty = penalty.detach()
+        return self.resource_lambda * penalty
 
     def extra_log(self) -> dict:
         log = {"temperature": self.temperature()}
-        if self.costs is not None:
-            with torch.no_grad():
-                log["resource_penalty"] = float(self.resource_penalty())
+        if self._last_penalty is not None:
+            log["resource_penalty"] = float(self._last_penalty)
         return log
 
     # ---- derivation --------------------------------------------------------------------------------
+    def derive(self, space):
+        """The authors' ``genotype_edge_all`` on the DARTS space: every edge, argmax op, ``none`` included."""
+        if not isinstance(space, DartsSpace):
+            return super().derive(space)
+        scores, cfg = self.scores(), space.config
+        steps, multiplier = cfg["steps"], cfg["multiplier"]
+        concat = range(2 + steps - multiplier, steps + 2)
+        cells = {g: parse_all_edges_cell(scores[g], cfg["op_names"], steps) for g in ("normal", "reduce")}
+        return EdgeAllGenotype(cells["normal"], concat, cells["reduce"], concat)
+
     def derive_subnet(self, space, choice: dict[str, torch.Tensor] | None = None) -> "DerivedSubnet":
         """The discrete child network, inheriting the supernet's weights (no retraining).
 
