@@ -275,8 +275,8 @@ def format_table(rows, columns=TABLE_COLUMNS) -> str:
 def _fmt(column: str, v) -> str:
     if column.endswith("bytes") and isinstance(v, (int, float)):
         return f"{v / 2**20:.3f} MiB"
-    if isinstance(v, float):
-        return f"{v:.2f}"
+    if isinstance(v, float):  # sub-ms GPU times keep 3 significant digits
+        return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
     return str(v)
 
 
