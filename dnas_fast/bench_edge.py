@@ -59,8 +59,8 @@ _backend.register_backend(
 
 
 def fused_backends(device) -> list[str]:
-    """The dnas_fast fused backends usable on ``device``, ``auto``'s pick first (the triton interpreter on CPU is
-    left out: it is a test aid)."""
+    """The dnas_fast fused backends usable on ``device``, highest ``auto`` priority first (the triton interpreter
+    on CPU is left out: it is a test aid)."""
     names = [n for n in _backend.available_backends(device) if n not in ("reference", "checkpoint")]
     return [n for n in names if not (n == "triton" and torch.device(device).type == "cpu")]
 
