@@ -6,28 +6,19 @@
 python bench/bench_batched.py --out bench/results/batched-cpu.csv [--threads 2] [--cases tiny step saved]
 """
 
-import argparse
+import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from dnas_fast import _backend
-from dnas_fast.bench_edge import build_search_step, run_meta, search_step_saved_bytes, time_interleaved
+from dnas_fast.bench_edge import build_search_step, search_step_saved_bytes
+from dnas_fast.benchmark import bench_parser, run_meta, time_interleaved, timer, write_rows
 
 PROVIDERS = ("naive", "cpu", "batched")
 STEP_CASES = ((64, 1), (16, 2))  # (batch, DARTS order)
-
-
-def _timer(fn):
-    def run_once():
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    return run_once
 
 
 def tiny_runner(provider):
@@ -63,8 +54,6 @@ def _rows(case, stats, meta, **cfg):
 
 
 def run(cases, budget_s) -> list[dict]:
-    import os
-
     os.environ.pop(_backend.ENV_VAR, None)
     meta = run_meta(torch.device("cpu"))
     rows = []
@@ -75,7 +64,7 @@ def run(cases, budget_s) -> list[dict]:
     if "step" in cases:
         for batch, order in STEP_CASES:
             cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": order}
-            runners = {p: _timer(build_search_step({**cfg, "provider": p})) for p in PROVIDERS}
+            runners = {p: timer(build_search_step({**cfg, "provider": p}), "cpu") for p in PROVIDERS}
             stats = time_interleaved(runners, "cpu", warmup=1, min_reps=2, max_reps=2, budget_s=0)
             rows += _rows("search_step", stats, meta, **cfg)
     if "saved" in cases:
@@ -88,26 +77,14 @@ def run(cases, budget_s) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p = bench_parser(__doc__, device=None, threads=1)
     p.add_argument("--cases", nargs="+", default=["tiny", "saved", "step"], choices=["tiny", "saved", "step"])
     p.add_argument("--budget-s", type=float, default=20.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = run(args.cases, args.budget_s)
     if args.out:
-        import csv
-        import json
-
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "provider"), k))
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        write_rows(rows, args.out)
     return 0
 
 

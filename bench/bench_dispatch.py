@@ -8,8 +8,7 @@ counted op is at least one kernel launch, so this is the CPU-measurable picture 
 Counts do not depend on the batch or the spatial size, so the cases are small (batch 2, 16 x 16).
 """
 
-import argparse
-import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dnas_fast import _backend
-from dnas_fast.bench_edge import available_backends, run_meta
+from dnas_fast.bench_edge import fused_backends
+from dnas_fast.benchmark import bench_parser, run_meta, write_rows
 
 NETWORKS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, N=5)}
 CASES = ("fwd_bwd", "step_order1", "step_order2")
@@ -44,7 +44,7 @@ class DispatchCounter(TorchDispatchMode):
 
 def providers() -> list[str]:
     """``naive`` (the reference per-op loop) and every dnas_fast backend usable on the CPU."""
-    return ["naive", *sorted(available_backends(torch.device("cpu")))]
+    return ["naive", *sorted(fused_backends("cpu"))]
 
 
 def _build(network: str, provider: str, order: int, batch=2, H=16):
@@ -87,8 +87,6 @@ def count_case(network: str, provider: str, case: str) -> Counter:
 
 def dispatch_rows(networks=tuple(NETWORKS), cases=CASES, names=None) -> list[dict]:
     """One row per (network, case, provider): total ops and the ratio to ``naive`` in the same run."""
-    import os
-
     os.environ.pop(_backend.ENV_VAR, None)  # it would override each provider's backend
     meta = run_meta(torch.device("cpu"))
     rows = []
@@ -107,22 +105,15 @@ def dispatch_rows(networks=tuple(NETWORKS), cases=CASES, names=None) -> list[dic
 
 
 def write(rows, path: Path) -> None:
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    """CSV and JSON (``write_rows``) and a markdown table of the totals for the docs."""
+    write_rows(rows, path)
     lines = ["| network | case | provider | ops | x naive |", "|---|---|---|---|---|"]
     lines += [f"| {r['network']} | {r['case']} | {r['provider']} | {r['ops']} | {r['ratio_vs_naive']} |" for r in rows]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None)
+    p = bench_parser(__doc__, device=None, threads=None)
     p.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--providers", nargs="+", default=None)

@@ -5,13 +5,12 @@ torch.compile of naive, each dnas_fast backend), plus masked variants (half the 
     python bench/bench_edge.py --out bench/results/edge.csv [--quick] [--no-compile]
 """
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from dnas_fast.bench_edge import MODES, add_case, available_backends, bench_edge, run_meta, write_rows
+from dnas_fast.bench_edge import MODES, bench_edge, fused_backends
+from dnas_fast.benchmark import add_case, bench_parser, run_meta, write_rows
 
 SHAPES = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
 BATCHES = [16, 64]
@@ -32,7 +31,7 @@ def edge_rows(
     """All per-edge rows; ``sink(rows)`` (if given) is called after every case so partial results survive."""
     device = torch.device(device)
     meta = run_meta(device)
-    providers = ["naive", "checkpoint", *(["compile"] if compile_ else []), *available_backends(device)]
+    providers = ["naive", "checkpoint", *(["compile"] if compile_ else []), *fused_backends(device)]
     shapes, batches = (shapes[:1], batches[:1]) if quick else (shapes, batches)
     rows = []
     for C, H, W in shapes:
@@ -52,11 +51,7 @@ def edge_rows(
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="one shape, one batch size")
+    p = bench_parser(__doc__, quick="one shape, one batch size")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--shapes", default=None, help="e.g. 32x16,64x8 (C x H, square maps); default: the 3 stages")
     p.add_argument("--batches", default=None, help="e.g. 16,64")
@@ -68,7 +63,7 @@ def main(argv=None) -> int:
         [(int(c), int(h), int(h)) for c, h in (s.split("x") for s in args.shapes.split(","))] if args.shapes else SHAPES
     )
     batches = [int(b) for b in args.batches.split(",")] if args.batches else BATCHES
-    sink = (lambda rows: write_rows(rows, Path(args.out))) if args.out else None
+    sink = (lambda rows: write_rows(rows, args.out)) if args.out else None
     rows = edge_rows(
         args.device,
         not args.no_compile,
@@ -80,7 +75,7 @@ def main(argv=None) -> int:
         masks=not args.no_masks,
     )
     if args.out:
-        write_rows(rows, Path(args.out))
+        write_rows(rows, args.out)
     return 0
 
 

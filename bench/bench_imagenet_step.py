@@ -11,25 +11,13 @@ validation batch; warm-up epochs counted as full steps, so an upper bound).
     python bench/bench_imagenet_step.py --device cuda --precision bf16 --out imagenet-step-gpu.csv
 """
 
-import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
-from dnas_fast import _backend
-from dnas_fast.bench_edge import (
-    _self_timed,
-    add_case,
-    available_backends,
-    bench_search_step,
-    build_search_step,
-    max_batch_cuda,
-    run_meta,
-    time_interleaved,
-    write_rows,
-)
+from dnas_fast.bench_edge import bench_search_step, build_search_step, fused_backends, max_batch_cuda
+from dnas_fast.benchmark import add_case, bench_parser, run_meta, time_interleaved, timer, write_rows
 
 IMAGENET_TRAIN = 1_281_167  # ImageNet-1k training images
 PCDARTS_EPOCHS, PCDARTS_TRAIN_FRACTION = 50, 0.1  # yuhuixu1993/PC-DARTS train_search_imagenet.py
@@ -49,7 +37,7 @@ def cuda_rows(cfg: dict, provider: str) -> dict:
     row["max_batch"] = best
     step = build_search_step({**cfg, "provider": provider, "batch": best})
     step()
-    row.update(time_interleaved({provider: _self_timed(step, device)}, device, min_reps=3, budget_s=20)[provider])
+    row.update(time_interleaved({provider: timer(step, device)}, device, min_reps=3, budget_s=20)[provider])
     row["batch"] = best
     row["samples_per_s"] = best / (row["median_ms"] / 1e3)
     row["protocol_hours"] = protocol_hours(row["median_ms"] / 1e3, best)
@@ -57,23 +45,19 @@ def cuda_rows(cfg: dict, provider: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
+    p = bench_parser(__doc__)
     p.add_argument("--batch", type=int, default=8, help="CPU batch (CUDA: searched)")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2], help="partial-channel divisors K")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--max-batch-cap", type=int, default=4096, help="CUDA: stop the max-batch search here")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--out")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    fused = available_backends(device)
-    providers = ["naive", max(fused, key=lambda n: _backend._BACKENDS[n].priority)]
+    providers = ["naive", fused_backends(device)[0]]  # the backend ``auto`` picks
     meta, rows = run_meta(device), []
-    sink = (lambda r: write_rows(r, Path(args.out))) if args.out else None
+    sink = (lambda r: write_rows(r, args.out)) if args.out else None
     for k in args.ks:
         cfg = {"bench": "imagenet-search", "C": 16, "layers": 8, "H": 224, "imagenet": True, "pc": k, "order": 1,
                "batch": args.batch, "precision": args.precision, "channels_last": args.channels_last,

@@ -9,19 +9,16 @@ torchvision is only needed by this script, in a venv of its own (``./dev.sh benc
 it); the product never imports it. The loader needs no compiled extension, so a ``dnas_fast._C`` built for
 another torch is simply not loaded there.
 
-    ./dev.sh bench-loader --workers 1 2 --out bench/results/loader.json
+    ./dev.sh bench-loader --workers 1 2 --out bench/results/loader.csv     # and a .json twin
 """
 
-import argparse
-import json
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from dnas_fast.benchmark import bench_parser, run_meta, time_interleaved, write_rows
 from dnas_fast.data import build_search_data
 from dnas_fast.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from tests.utils import write_jpeg_folder
@@ -40,6 +37,19 @@ def ours(root, workers, batch, size, normalise):
         return sum(len(y) for _, y in batches)
 
     return epoch
+
+
+def epoch_timer(epoch, images: dict, name: str):
+    """``run_once() -> seconds`` of the next epoch of ``epoch(e) -> images``, for ``time_interleaved``; the
+    image count goes to ``images[name]``."""
+    count = iter(range(1 << 30))
+
+    def run_once():
+        start = time.perf_counter()
+        images[name] = epoch(next(count))
+        return time.perf_counter() - start
+
+    return run_once
 
 
 def torchvision_loader(root, workers, batch, size):
@@ -62,17 +72,16 @@ def torchvision_loader(root, workers, batch, size):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = bench_parser(__doc__, device=None, threads=None)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--per-class", type=int, default=100, help="JPEGs per class (10 classes of CIFAR-10 photos)")
     p.add_argument("--side", type=int, default=320, help="side the 32x32 photos are upscaled to before JPEG")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    rows = []
+    meta, rows = run_meta("cpu"), []
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpeg_folder(Path(tmp), args.per_class, args.side)
         for workers in args.workers:
@@ -81,18 +90,15 @@ def main():
                 "dnas_fast + normalised on the CPU": ours(root, workers, args.batch, args.size, True),
                 "torchvision": torchvision_loader(root, workers, args.batch, args.size),
             }
-            for epoch in loaders.values():
-                epoch(0)  # warm-up: workers start, files enter the page cache
-            times = {name: [] for name in loaders}
-            for r in range(args.rounds):
-                for name, epoch in loaders.items():
-                    start = time.perf_counter()
-                    n = epoch(r + 1)
-                    times[name].append(time.perf_counter() - start)
-            for name in loaders:
-                med = statistics.median(times[name])
-                rows.append({"loader": name, "workers": workers, "images": n, "median_s": med,
-                             "img_per_s": n / med, "img_per_s_per_worker": n / med / max(workers, 1)})  # fmt: skip
+            images = {}
+            runners = {name: epoch_timer(epoch, images, name) for name, epoch in loaders.items()}
+            # warm-up epoch: workers start, files enter the page cache
+            stats = time_interleaved(runners, "cpu", warmup=1, min_reps=args.rounds, max_reps=args.rounds, budget_s=0)
+            for name, s in stats.items():
+                per_s = images[name] / (s["median_ms"] / 1e3)
+                rows.append({"loader": name, "workers": workers, "batch": args.batch, "size": args.size,
+                             "images": images[name], "median_s": s["median_ms"] / 1e3, "img_per_s": per_s,
+                             "img_per_s_per_worker": per_s / max(workers, 1), **meta})  # fmt: skip
             tv = rows[-1]["img_per_s"]
             for row in rows[-len(loaders) :]:
                 row["vs_torchvision"] = row["img_per_s"] / tv
@@ -101,11 +107,8 @@ def main():
                     f"{row['img_per_s_per_worker']:6.0f} img/s/worker  {row['vs_torchvision']:.2f}x",
                     flush=True,
                 )
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": torch.get_num_threads(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "args": vars(args)}  # fmt: skip
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

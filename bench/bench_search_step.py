@@ -5,14 +5,12 @@ peak memory (CPU: peak RSS of a fresh child process per provider; CUDA: allocato
     python bench/bench_search_step.py --out bench/results/search.csv [--quick]
 """
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from dnas_fast import _backend
-from dnas_fast.bench_edge import add_case, available_backends, bench_search_step, run_meta, write_rows
+from dnas_fast.bench_edge import bench_search_step, fused_backends
+from dnas_fast.benchmark import add_case, bench_parser, run_meta, write_rows
 
 CASES = [(16, 1), (64, 1), (16, 2)]  # (batch, DARTS order)
 
@@ -21,8 +19,8 @@ def search_rows(device="cpu", quick=False, rounds=1, all_backends=False, sink=No
     """Rows for every case; the fused provider is the backend ``auto`` picks (all of them with ``all_backends``);
     ``sink(rows)`` (if given) is called after every case so partial results survive."""
     device = torch.device(device)
-    fused = available_backends(device)
-    fused = fused if all_backends else [max(fused, key=lambda n: _backend._BACKENDS[n].priority)]
+    fused = fused_backends(device)
+    fused = fused if all_backends else fused[:1]
     providers = ["naive", "checkpoint", *fused]
     meta = run_meta(device)
     rows = []
@@ -35,16 +33,12 @@ def search_rows(device="cpu", quick=False, rounds=1, all_backends=False, sink=No
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
+    p = bench_parser(__doc__, quick="the first case only")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = search_rows(args.device, args.quick)
     if args.out:
-        write_rows(rows, Path(args.out))
+        write_rows(rows, args.out)
     return 0
 
 

@@ -7,7 +7,6 @@ digits data at a target inside the achievable range, then times the derived netw
 ratio measured / target (the test suite checks only the table's prediction: wall clock has no place there).
 """
 
-import argparse
 import json
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dnas_fast.benchmark import bench_parser, run_meta
 from dnas_fast.cli import main as cli
 from dnas_fast.spaces import build_space
 from dnas_fast.strategies.tf_nas_latency import SupernetLatency, build_table, measure_derived
@@ -24,13 +24,12 @@ SPACE = {"stages": [[32, 2, 1, "relu"], [48, 3, 2, "swish"]], "stem": [16, 32], 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
+    p = bench_parser(__doc__, out="write the result as JSON here", threads=1)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    meta = run_meta(args.device)
     space = build_space("mbconv", in_channels=1, num_classes=10, **SPACE)
     table = build_table(space, args.device, repeats=args.repeats)
     model = SupernetLatency(table, space)
@@ -51,7 +50,7 @@ def main(argv=None) -> int:
             return code
         derived = json.loads((run / "genotype.json").read_text())
     measured = measure_derived(derived["config"], args.device, repeats=10 * args.repeats, warmup=args.repeats)
-    result = {"device": table.device, "target_ms": target, "range_ms": [lo, hi],
+    result = {**meta, "target_ms": target, "range_ms": [lo, hi],
               "predicted_ms": derived["predicted_latency_ms"], "measured_ms": measured,
               "measured_over_target": measured / target}  # fmt: skip
     print(json.dumps(result, indent=1))

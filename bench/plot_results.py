@@ -5,6 +5,7 @@ and peak memory. Writes PNGs next to the CSV.
 """
 
 import csv
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -14,12 +15,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dnas_fast.benchmark import bench_parser  # noqa: E402
+
 ORDER = ["naive", "checkpoint", "compile", "fused", "cpu", "cuda", "triton"]  # fixed colours across panels
 
 
+# the thread count in a ``device_name`` (``cpu:<model>:threads=N``; files before 2026-12-03: ``<model> (N threads)``)
+THREADS = re.compile(r":threads=(\d+)$| \((\d+) threads\)$")
+
+
 def _threads(row) -> str:
-    device = row.get("device", "")
-    return device[device.rfind("(") :] if "(" in device else ""
+    m = THREADS.search(row.get("device", ""))
+    return f"({m[1] or m[2]} threads)" if m else ""
 
 
 def load(path: Path) -> list[dict]:
@@ -45,9 +52,11 @@ def grouped_bars(ax, groups: dict, title: str, ylabel: str, log=False):
 
 
 def main(argv=None) -> int:
-    path = Path((argv or sys.argv[1:])[0])
+    p = bench_parser(__doc__, out=None, device=None, threads=None)
+    p.add_argument("csv", type=Path, help="a results CSV of bench/run_all.py")
+    path = p.parse_args(argv).csv
     rows = load(path)
-    device = rows[0]["device"].split(" (")[0] if rows else "?"
+    device = THREADS.sub("", rows[0]["device"]) if rows else "?"
     edge_time, edge_saved = defaultdict(dict), defaultdict(dict)
     for r in rows:
         if r["bench"] == "edge" and r["mode"] == "full":

@@ -3,7 +3,6 @@
 python bench/run_all.py [--device cuda] [--quick]     # CPU: about 15 minutes on 2 cores
 """
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -15,17 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_edge import edge_rows  # noqa: E402
 from bench_search_step import search_rows  # noqa: E402
 
-from dnas_fast.bench_edge import write_rows  # noqa: E402
+from dnas_fast.benchmark import bench_parser, write_rows  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
+    p = bench_parser(__doc__, out="CSV to write (default: bench/results/<device type>-<date>.csv)",
+                     quick="one case of each benchmark")  # fmt: skip
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--skip-edge", action="store_true")
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")

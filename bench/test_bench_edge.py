@@ -2,22 +2,18 @@
 
     pytest bench/test_bench_edge.py --benchmark-enable [--benchmark-json out.json]
 
-Same cases and harness as bench/bench_edge.py (dnas_fast.bench_edge); saved bytes go to ``extra_info``.
+Same cases as bench/bench_edge.py (dnas_fast.bench_edge) and the harness's saved bytes (dnas_fast.benchmark), which
+go to ``extra_info``.
 """
 
 import pytest
 import torch
 
-from dnas_fast.bench_edge import (
-    available_backends,
-    build_edge_step,
-    edge_forward_fn,
-    make_edge_case,
-    saved_tensor_bytes,
-)
+from dnas_fast.bench_edge import build_edge_step, edge_forward_fn, fused_backends, make_edge_case
+from dnas_fast.benchmark import saved_tensor_bytes
 
 SHAPES = [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
-PROVIDERS = ["naive", "checkpoint", *available_backends(torch.device("cpu"))]
+PROVIDERS = ["naive", "checkpoint", *fused_backends("cpu")]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

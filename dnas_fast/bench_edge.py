@@ -1,5 +1,6 @@
-"""``dnas-fast bench-edge``: time and memory of one MixedEdge (and of a DARTS search step) per provider, and the
-measuring helpers that the scripts in ``bench/`` import (one harness, no copies).
+"""``dnas-fast bench-edge``: time and memory of one MixedEdge (and of a DARTS search step) per provider; the cases
+that ``bench/bench_edge.py``, ``bench/bench_search_step.py`` and ``bench/bench_imagenet_step.py`` run. The
+measuring itself (timing, memory, metadata, result files) is ``dnas_fast.benchmark``'s.
 
 Providers, compared in the same run:
     naive       the authors' per-op loop (``reference`` backend)
@@ -16,13 +17,7 @@ Example::
 """
 
 import argparse
-import ctypes
-import datetime
-import json
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +27,19 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from . import _backend
+from .benchmark import (
+    child_peak_rss,
+    cuda_peak_mb,
+    format_table,
+    largest_batch,
+    run_meta,
+    saved_tensor_bytes,
+    summarize,
+    sync,
+    time_interleaved,
+    timer,
+    write_rows,
+)
 from .mixed_edge import MixedEdge, reference_forward
 from .ops import DARTS_OPS, NB201_OPS
 
@@ -50,134 +58,11 @@ _backend.register_backend(
 )
 
 
-# ---- environment -------------------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
-
-
-def git_sha() -> str:
-    """Short commit of the package's checkout (env ``DNAS_FAST_GIT_SHA`` for a copy outside git)."""
-    if os.environ.get("DNAS_FAST_GIT_SHA"):
-        return os.environ["DNAS_FAST_GIT_SHA"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def run_meta(device: torch.device) -> dict:
-    """Columns every result row carries."""
-    return {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "git_sha": git_sha(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "load_avg_1m": round(os.getloadavg()[0], 2),  # the CPU machine is shared: timings scale with its load
-    }
-
-
-def available_backends(device: torch.device) -> list[str]:
-    """dnas_fast fused backends usable on ``device`` (the triton interpreter on CPU is left out: it is a test aid)."""
+def fused_backends(device) -> list[str]:
+    """The dnas_fast fused backends usable on ``device``, highest ``auto`` priority first (the triton interpreter
+    on CPU is left out: it is a test aid)."""
     names = [n for n in _backend.available_backends(device) if n not in ("reference", "checkpoint")]
-    return [n for n in names if not (n == "triton" and device.type == "cpu")]
-
-
-# ---- measuring helpers -------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(runners: dict, device, warmup=1, min_reps=3, max_reps=15, budget_s=4.0) -> dict:
-    """{name: {median_ms, p20_ms, p80_ms, reps}} for ``runners`` = {name: run_once() -> seconds} (each times
-    itself, so ``backward`` can leave the forward out). Providers run round-robin, one call each per round, so a
-    load change on a shared machine hits all of them alike; rounds go on until ``budget_s`` is spent."""
-    for _ in range(warmup):
-        for run_once in runners.values():
-            run_once()
-    times = {name: [] for name in runners}
-    start, rounds = time.perf_counter(), 0
-    while rounds < min_reps or (rounds < max_reps and time.perf_counter() - start < budget_s):
-        for name, run_once in runners.items():
-            times[name].append(run_once() * 1e3)
-        rounds += 1
-    return {name: _summary(ts) for name, ts in times.items()}
-
-
-def _summary(times) -> dict:
-    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
-    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7], "reps": len(times)}
-
-
-def saved_tensor_bytes(forward, exclude=()) -> int:
-    """Bytes of the unique storages that autograd saves for backward while ``forward()`` runs; storages of the
-    tensors in ``exclude`` (parameters, buffers) are not counted. The output is kept alive until counted."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()
-    del out
-    return sum(seen.values())
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    return -1
-
-
-def child_peak_rss(task: dict, timeout=900) -> dict:
-    """Run ``task`` (see ``_child``) in a fresh Python process; its baseline RSS before the step and peak RSS
-    (VmHWM) in MB. A fresh process per provider keeps one provider's allocations out of another's peak."""
-    code = "import sys, json; from dnas_fast.bench_edge import _child; _child(json.loads(sys.argv[1]))"
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(task)], capture_output=True, text=True,
-                         timeout=timeout, env=env)  # fmt: skip
-    if out.returncode != 0:
-        errors = [line for line in out.stderr.splitlines() if "Error" in line] or out.stderr.splitlines()[-1:]
-        raise RuntimeError(f"child benchmark failed: {errors[-1] if errors else out.returncode}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _child(task: dict) -> None:
-    """Child-process body: build the step, warm up, then RSS baseline / peak over ``timed_steps`` timed steps
-    (and, for a search step, the bytes saved by one training forward)."""
-    torch.set_num_threads(task.get("threads", 2))
-    step = build_edge_step(task) if task["kind"] == "edge" else build_search_step(task)
-    step()  # warm-up: one-time allocations (oneDNN caches, optimizer state) are not the step's memory
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the warm-up's freed heap back to the OS
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    base = _rss_kb("VmRSS")
-    times = []
-    for _ in range(task.get("timed_steps", 1)):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    peak = _rss_kb("VmHWM")
-    result = {"baseline_rss_mb": base / 1024, "peak_rss_mb": peak / 1024, "step_rss_mb": (peak - base) / 1024}
-    result["times_ms"] = times
-    if task["kind"] == "search":
-        result["saved_bytes"] = search_step_saved_bytes(step)
-    print(json.dumps(result))
+    return [n for n in names if not (n == "triton" and torch.device(device).type == "cpu")]
 
 
 # ---- one edge ----------------------------------------------------------------------------------------------------
@@ -192,9 +77,10 @@ def edge_forward_fn(provider: str):
     if provider == "compile":
         compiled = torch.compile(reference_forward, dynamic=False)
         return lambda edge, x, w, mask: compiled(edge, x, w, mask)
-    _backend._load_optional_backends()
-    backend = _backend._BACKENDS[provider]
-    return lambda edge, x, w, mask: backend.forward(edge, x, w, mask, None, False)
+    os.environ.pop(_backend.ENV_VAR, None)  # it would override every provider's backend
+    return lambda edge, x, w, mask: _backend.resolve_backend(provider, x.device, edge).forward(
+        edge, x, w, mask, None, False
+    )
 
 
 def make_edge_case(cfg: dict):
@@ -237,7 +123,7 @@ def bench_edge(cfg: dict, providers, modes=MODES, rss=False, budget_s=4.0) -> li
             fn = edge_forward_fn(provider)
             t0 = time.perf_counter()
             fn(edge, x, w, mask).backward(g)
-            _sync(device)
+            sync(device)
             base["first_call_s"] = round(time.perf_counter() - t0, 3)
         except Exception as err:
             rows[provider] = {**base, "mode": "all", "note": f"failed: {type(err).__name__}: {str(err)[:200]}"}
@@ -246,10 +132,9 @@ def bench_edge(cfg: dict, providers, modes=MODES, rss=False, budget_s=4.0) -> li
         params = [*edge.parameters(), *edge.buffers()]
         base["saved_bytes"] = saved_tensor_bytes(lambda fn=fn: fn(edge, x, w, mask), exclude=params)
         if rss and device.type == "cpu" and provider != "compile":
-            task = {**cfg, "kind": "edge", "provider": provider, "threads": torch.get_num_threads()}
-            base.update(child_peak_rss(task))
+            base.update(child_peak_rss("dnas_fast.bench_edge:build_edge_step", {**cfg, "provider": provider}))
         elif device.type == "cuda":
-            base["peak_alloc_mb"] = _cuda_peak(device, lambda fn=fn: fn(edge, x, w, mask).backward(g))
+            base["peak_alloc_mb"] = cuda_peak_mb(device, lambda fn=fn: fn(edge, x, w, mask).backward(g))
         rows[provider] = base
     out = [rows[p] for p in providers if p not in fns]
     for mode in modes:
@@ -261,30 +146,21 @@ def bench_edge(cfg: dict, providers, modes=MODES, rss=False, budget_s=4.0) -> li
 
 def _timed(mode, fn, edge, x, w, mask, g, device):
     def run_once():
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         if mode == "forward":
             fn(edge, x, w, mask)
-            _sync(device)
+            sync(device)
             return time.perf_counter() - t0
         out = fn(edge, x, w, mask)
         if mode == "backward":
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         out.backward(g)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     return run_once
-
-
-def _cuda_peak(device, step) -> float:
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    step()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 # ---- one DARTS search step ---------------------------------------------------------------------------------------
@@ -327,6 +203,7 @@ def build_search_step(cfg: dict):
         strategy.weight_step(ctx, train)
 
     step.space, step.strategy, step.train, step.ctx = space, strategy, train, ctx
+    step.report = lambda: {"saved_bytes": search_step_saved_bytes(step)}  # measured by ``child_peak_rss``
     return step
 
 
@@ -352,14 +229,14 @@ def bench_search_step(cfg: dict, providers, rounds=2) -> list[dict]:
     for _ in range(rounds):
         for p in providers:
             try:
-                res = child_peak_rss({**cfg, "kind": "search", "provider": p, "threads": torch.get_num_threads()})
+                res = child_peak_rss("dnas_fast.bench_edge:build_search_step", {**cfg, "provider": p})
             except RuntimeError as err:  # e.g. checkpoint + second order: record why, go on
                 rows[p]["note"] = str(err)[:200]
                 continue
             times[p] += res.pop("times_ms")
             peak = max(res["step_rss_mb"], rows[p].get("step_rss_mb", 0.0))
             rows[p].update(res, step_rss_mb=peak, saved_bytes_per_sample=res["saved_bytes"] / cfg["batch"])
-    return [{**rows[p], **(_summary(times[p]) if times[p] else {})} for p in providers]
+    return [{**rows[p], **(summarize(times[p]) if times[p] else {})} for p in providers]
 
 
 def _bench_search_step_cuda(cfg, provider, row):
@@ -368,96 +245,16 @@ def _bench_search_step_cuda(cfg, provider, row):
     row["saved_bytes"] = search_step_saved_bytes(step)
     row["saved_bytes_per_sample"] = row["saved_bytes"] / cfg["batch"]
     step()
-    row["peak_alloc_mb"] = _cuda_peak(device, step)
-    row.update(time_interleaved({provider: _self_timed(step, device)}, device, min_reps=3, budget_s=10)[provider])
+    row["peak_alloc_mb"] = cuda_peak_mb(device, step)
+    row.update(time_interleaved({provider: timer(step, device)}, device, min_reps=3, budget_s=10)[provider])
     row["max_batch"] = max_batch_cuda(cfg, provider)
     return row
-
-
-def _self_timed(step, device):
-    def run_once():
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        return time.perf_counter() - t0
-
-    return run_once
 
 
 def max_batch_cuda(cfg: dict, provider: str, hi=4096) -> int:
     """Largest batch of a search step that runs on the GPU without OOM (bisection over powers then halves)."""
     device = torch.device(cfg.get("device", "cuda"))
-
-    def fits(n):
-        if n > hi:
-            return False
-        try:
-            build_search_step({**cfg, "provider": provider, "batch": n})()
-            return True
-        except torch.cuda.OutOfMemoryError:
-            return False
-        finally:
-            torch.cuda.empty_cache()
-            torch.cuda.synchronize(device)
-
-    lo, n = 0, 8
-    while fits(n):
-        lo, n = n, n * 2
-    up = n  # first size that failed (or exceeded ``hi``)
-    while up - lo > 1:
-        mid = (lo + up) // 2
-        lo, up = (mid, up) if fits(mid) else (lo, mid)
-    return lo
-
-
-# ---- output ------------------------------------------------------------------------------------------------------
-
-COLUMNS = ["bench", "provider", "mode", "ops", "mask", "C", "H", "W", "batch", "stride", "pc", "layers", "order",
-           "dtype", "median_ms",
-           "imagenet", "precision", "channels_last",
-           "p20_ms", "p80_ms", "reps", "saved_bytes", "saved_bytes_per_sample", "baseline_rss_mb", "peak_rss_mb",
-           "step_rss_mb", "peak_alloc_mb", "max_batch", "first_call_s", "note", "device", "torch", "git_sha", "date",
-           "load_avg_1m", "samples_per_s", "protocol_hours"]  # fmt: skip
-
-
-def write_rows(rows, path: Path) -> None:
-    """CSV (long format, one row per measurement) and a JSON twin next to it."""
-    import csv
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-
-
-def add_case(rows: list, new: list, meta: dict, sink=None) -> None:
-    """Append one case's rows (tagged with the run metadata), print them, and hand everything so far to
-    ``sink`` so a long run keeps its partial results."""
-    rows += [{**r, **meta} for r in new]
-    print(format_table(new), flush=True)
-    if sink:
-        sink(rows)
-
-
-def format_table(rows) -> str:
-    cols = ["provider", "mode", "median_ms", "p20_ms", "p80_ms", "saved_bytes", "step_rss_mb", "peak_alloc_mb", "note"]
-    cols = [c for c in cols if any(c in r for r in rows)]
-    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    if isinstance(v, int) and v >= 1024:  # byte counts
-        return f"{v / 2**20:.3f} MiB"
-    return str(v)
+    return largest_batch(lambda n: build_search_step({**cfg, "provider": provider, "batch": n})(), device, hi)
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
@@ -489,8 +286,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    known = [*BASELINES, *available_backends(device)]
-    providers = args.providers.split(",") if args.providers else ["naive", "checkpoint", *available_backends(device)]
+    known = [*BASELINES, *fused_backends(device)]
+    providers = args.providers.split(",") if args.providers else ["naive", "checkpoint", *fused_backends(device)]
     unknown = [p for p in providers if p not in known]
     if unknown:
         raise ValueError(f"unknown or unavailable provider(s) {unknown} on {device}; choose from {known}")

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from dnas_fast import build_space, build_strategy
-from dnas_fast.kernels import _ext
+from dnas_fast._backend import available_backends
 from dnas_fast.mixed_edge import MixedEdge
 from dnas_fast.precision import Precision
 from dnas_fast.strategies import StepContext
 
 SLACK, FLOOR = 3.0, 1e-3
-CPU_BACKENDS = ["fused", "batched"] + (["cpu"] if _ext.available("cpu") else [])
+CPU_BACKENDS = [b for b in ("fused", "batched", "cpu") if b in available_backends("cpu")]
 
 
 def tiny_search(seed=0, device="cpu", batch=8, size=16):

@@ -8,31 +8,27 @@ Providers, side by side on the same inputs:
 Modes: fwd, bwd (dx given dL/dout), full (both). Every row: median / p20 / p80 from ``triton.testing.do_bench``,
 peak memory of one call, and achieved bandwidth = the fused algorithm's minimal HBM bytes / time, as a fraction
 of the DRAM roofline (``triton.testing.get_dram_gbps`` unless ``--peak-gbps``). The same byte count is used for
-every provider, so the fraction compares time spent on the same useful traffic.
+every provider, so the fraction compares time spent on the same useful traffic. Metadata, peak memory and the
+CSV + JSON files come from ``dnas_fast.benchmark``.
 
     python -m triton_kernels.bench_pool_combine --out bench_pool_combine.csv   # CUDA only
 """
 
-import argparse
-import csv
-import datetime
 import itertools
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from dnas_fast.benchmark import add_case, bench_parser, cuda_peak_mb, run_meta, write_rows
+
 DARTS_SHAPES = ["16x32x32", "32x16x16", "64x8x8"]  # (C, H, W) of the DARTS search network's three stages
-FIELDS = [
-    "date", "git_sha", "device", "torch", "triton", "provider", "mode", "N", "C", "H", "W", "stride", "dtype",
-    "median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "bytes", "gbps", "roofline_frac",
-]  # fmt: skip
+TABLE = ("provider", "mode", "N", "C", "H", "W", "stride", "median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "gbps",
+         "roofline_frac")  # fmt: skip
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = bench_parser(__doc__, device=None, threads=None)
     p.add_argument("--batch", type=int, nargs="+", default=[64, 256], help="N values")
     p.add_argument("--shapes", nargs="+", default=DARTS_SHAPES, help="CxHxW values")
     p.add_argument("--strides", type=int, nargs="+", default=[1, 2], choices=[1, 2])
@@ -43,17 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--peak-gbps", type=float, default=None, help="HBM roofline in GB/s (default: from the driver)")
     p.add_argument("--rep", type=int, default=100, help="do_bench measuring time in ms")
     p.add_argument("--no-check", action="store_true", help="skip the triton-vs-reference check before timing")
-    p.add_argument("--out", type=Path, default=None, help="append CSV rows to this file (also printed)")
     return p.parse_args(argv)
-
-
-def git_sha() -> str:
-    try:
-        cwd = Path(__file__).resolve().parent
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def make_inputs(N, C, H, W, stride, dtype, device="cuda"):
@@ -130,12 +116,7 @@ def check(triton_prims, ref_prims, x, g, stride, coef3, coef6, w_skip):
 def time_one(fn, rep, grad_to_none=None):
     import triton.testing
 
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    peak_mb = cuda_peak_mb(torch.device("cuda"), fn)
     median, p20, p80 = triton.testing.do_bench(fn, rep=rep, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
     return median, p20, p80, peak_mb
 
@@ -157,20 +138,16 @@ def main(argv=None) -> int:
     ref_prims = {n: getattr(pool_combine_ref, n + "_ref") for n in names}
     dtype = getattr(torch, args.dtype)
     peak_gbps = args.peak_gbps or triton.testing.get_dram_gbps()
-    meta = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        git_sha=git_sha(), device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-    )  # fmt: skip
+    meta = {**run_meta("cuda"), "triton": triton.__version__}
     print(f"# {meta['device']}: HBM roofline {peak_gbps:.0f} GB/s", file=sys.stderr)
-    writer = csv.DictWriter(sys.stdout, FIELDS)
-    writer.writeheader()
-    rows = []
+    rows, sink = [], (lambda r: write_rows(r, args.out)) if args.out else None
     for N, shape, stride in itertools.product(args.batch, args.shapes, args.strides):
         C, H, W = (int(v) for v in shape.split("x"))
         x, g, coef3, coef6, w = make_inputs(N, C, H, W, stride, dtype)
         w_skip = w[2] if stride == 1 else None
         if not args.no_check:
             check(triton_prims, ref_prims, x, g, stride, coef3, coef6, w_skip)
+        new = []
         for provider in args.providers:
             if provider in ("naive", "compiled"):
                 fns, grads = naive_fns(x, g, stride, w, compiled=provider == "compiled")
@@ -181,20 +158,12 @@ def main(argv=None) -> int:
                 median, p20, p80, peak_mb = time_one(fns[mode], args.rep, grads)
                 nbytes = minimal_bytes(mode, x, g)
                 gbps = nbytes / median / 1e6
-                row = dict(
-                    meta, provider=provider, mode=mode, N=N, C=C, H=H, W=W, stride=stride, dtype=args.dtype,
-                    median_ms=f"{median:.4f}", p20_ms=f"{p20:.4f}", p80_ms=f"{p80:.4f}", peak_mem_mb=f"{peak_mb:.1f}",
-                    bytes=nbytes, gbps=f"{gbps:.1f}", roofline_frac=f"{gbps / peak_gbps:.3f}",
-                )  # fmt: skip
-                writer.writerow(row)
-                rows.append(row)
-    if args.out is not None:
-        new = not args.out.exists()
-        with args.out.open("a", newline="") as f:
-            out = csv.DictWriter(f, FIELDS)
-            if new:
-                out.writeheader()
-            out.writerows(rows)
+                new.append(dict(
+                    provider=provider, mode=mode, N=N, C=C, H=H, W=W, stride=stride, dtype=args.dtype,
+                    median_ms=median, p20_ms=p20, p80_ms=p80, peak_mem_mb=peak_mb, bytes=nbytes, gbps=gbps,
+                    roofline_frac=gbps / peak_gbps,
+                ))  # fmt: skip
+        add_case(rows, new, meta, sink, columns=TABLE)
     return 0
 
 

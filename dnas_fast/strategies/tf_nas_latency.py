@@ -24,7 +24,6 @@ import datetime
 import functools
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -33,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from ..benchmark import device_name
 
 FORMAT, VERSION = "dnas_fast.latency", 1
 SAMPLED_WIDTHS = (0.5, 0.625, 0.75, 0.875, 1.0)  # ``--widths sampled``: fractions of the allocated width
@@ -50,20 +51,6 @@ def keep_rng(fn):
 
 
 # ---- measurement ---------------------------------------------------------------------------------------
-def device_name(device) -> str:
-    """A table key for ``device``: the GPU name, or the CPU model and torch's thread count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    model = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"cpu:{model}:threads={torch.get_num_threads()}"
-
-
 def default_batch_size(device) -> int:
     """The paper's measuring batch: 32 on a GPU, 1 on a CPU."""
     return 32 if torch.device(device).type == "cuda" else 1
