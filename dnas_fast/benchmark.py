@@ -1,5 +1,5 @@
 """The measuring harness of every benchmark (``dnas-fast bench-edge``, ``bench/*.py``,
-``triton_kernels/bench_pool_combine.py``): run metadata, timing, memory, and result files, in one place.
+``bench/bench_pool_combine.py``): run metadata, timing, memory, and result files, in one place.
 
 * metadata: ``run_meta(device)`` = the columns every result row carries (``device_name``, torch version,
   ``git_sha``, UTC date, 1-minute load average);

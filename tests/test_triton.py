@@ -11,6 +11,7 @@ NEEDS_FRESH_PROCESS = _std is not None and type(_std.zeros).__name__ != "Interpr
 os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -214,7 +215,9 @@ def test_import_without_triton():
 
 def test_benchmark_helpers_on_cpu(capsys):
     """The GPU benchmark's check and timed closures run (on the interpreter here); main() exits cleanly on CPU."""
-    bench = importlib.import_module("dnas_fast.triton_kernels.bench_pool_combine")
+    spec = importlib.util.spec_from_file_location("bench_pool_combine", REPO / "bench" / "bench_pool_combine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     names = triton_kernels.__all__[1:]
     triton_prims = {n: getattr(pc, n) for n in names}
     ref_prims = {n: getattr(ref, n) for n in names}

@@ -11,7 +11,7 @@ of the DRAM roofline (``triton.testing.get_dram_gbps`` unless ``--peak-gbps``). 
 every provider, so the fraction compares time spent on the same useful traffic. Metadata, peak memory and the
 CSV + JSON files come from ``dnas_fast.benchmark``.
 
-    python -m triton_kernels.bench_pool_combine --out bench_pool_combine.csv   # CUDA only
+    python bench/bench_pool_combine.py --out bench/results/<device>-<date>-triton-pool-combine.csv   # CUDA only
 """
 
 import itertools
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import triton
     import triton.testing
 
-    import triton_kernels
+    from dnas_fast import triton_kernels
     from dnas_fast.kernels import pool_combine_ref
 
     names = triton_kernels.__all__[1:]
