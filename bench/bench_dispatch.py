@@ -50,13 +50,14 @@ def providers() -> list[str]:
 def _build(network: str, provider: str, order: int, batch=2, H=16):
     from dnas_fast.spaces import build_space
     from dnas_fast.strategies import StepContext, build_strategy
+    from dnas_fast.strategies.base import weight_optimizer
 
     torch.manual_seed(0)
     backend = "reference" if provider == "naive" else provider
     space = build_space(network, backend=backend, **NETWORKS[network])
     strategy = build_strategy("darts", order=order)
     strategy.setup(space.arch_spec(), torch.device("cpu"))
-    w_opt = torch.optim.SGD(space.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    w_opt = weight_optimizer(space.parameters(), lr=0.025)
     ctx = StepContext(model=space, module=space, criterion=torch.nn.CrossEntropyLoss(), w_optimizer=w_opt,
                       a_optimizer=strategy.make_arch_optimizer(), lr=0.025)  # fmt: skip
     data = [(torch.randn(batch, 3, H, H), torch.randint(0, 10, (batch,))) for _ in range(2)]

@@ -172,6 +172,7 @@ def build_search_step(cfg: dict):
     from .precision import Precision
     from .spaces import build_space
     from .strategies import StepContext, build_strategy
+    from .strategies.base import weight_optimizer
 
     provider = cfg["provider"]
     backend = "reference" if provider == "naive" else provider
@@ -186,7 +187,7 @@ def build_search_step(cfg: dict):
     space.to(device, memory_format=layout)
     strategy = build_strategy("darts", order=cfg.get("order", 1))
     strategy.setup(space.arch_spec(), device)
-    w_opt = torch.optim.SGD(space.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    w_opt = weight_optimizer(space.parameters(), lr=0.025)
     ctx = StepContext(model=space, module=space, criterion=torch.nn.CrossEntropyLoss(), w_optimizer=w_opt,
                       a_optimizer=strategy.make_arch_optimizer(), lr=0.025,
                       precision=Precision(cfg.get("precision", "fp32"), device))  # fmt: skip

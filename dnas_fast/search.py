@@ -36,6 +36,7 @@ from .precision import PRECISIONS, Precision
 from .preemption import CheckpointCadence, Preempted, PreemptionSignals
 from .spaces import build_space
 from .strategies import StepContext, build_strategy
+from .strategies.base import weight_optimizer
 
 # The loop settings a strategy's ``loop_preset`` may set. SearchConfig leaves them None ("not set by the user");
 # ``resolved`` fills them from the preset, else from here.
@@ -195,12 +196,8 @@ class Searcher:
         self.strategy.setup(self.space.arch_spec(), self.device)
         self.model = distributed.wrap(self.space) if world_size > 1 else self.space
         self.criterion = nn.CrossEntropyLoss()
-        self.w_optimizer = torch.optim.SGD(
-            self.space.parameters(),
-            config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
+        self.w_optimizer = weight_optimizer(
+            self.space.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
         )
         with blame_args("strategy", config.strategy, config.strategy_args):
             self.a_optimizer = self.strategy.make_arch_optimizer()

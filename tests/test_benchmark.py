@@ -31,7 +31,7 @@ def test_run_meta_has_every_meta_column_and_a_cpu_device_key():
 
 
 def test_latency_tables_are_keyed_by_the_harness_device_name():
-    from dnas_fast import latency
+    from dnas_fast.strategies import tf_nas_latency as latency
 
     assert latency.device_name is benchmark.device_name
 

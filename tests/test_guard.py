@@ -81,7 +81,7 @@ def test_divergence_after_a_good_epoch_keeps_the_last_good_checkpoint_and_genoty
 def test_non_finite_gradient_norm_is_caught_before_it_reaches_the_weights(tmp_path, monkeypatch):
     config = SearchConfig(**{**TINY, "epochs": 1})
     original = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, c: original(p, c) * float("nan"))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, c, **kw: original(p, c, **kw) * float("nan"))
     with pytest.raises(DivergedError, match="non-finite gradient norm at step 1 of epoch 1"):
         run_search(config, tmp_path, **QUIET)
     assert not (tmp_path / "checkpoint.pt").exists()

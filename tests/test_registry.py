@@ -69,7 +69,7 @@ def test_auto_says_once_which_backend_it_picked_and_warns_without_the_extension(
 
 def test_available_backends_lists_by_priority():
     names = _backend.available_backends("cpu")
-    assert names[-1] == "reference" and "fused" in names
+    assert "reference" in names and "fused" in names
     priorities = [_backend._BACKENDS[n].priority for n in names]
     assert priorities == sorted(priorities, reverse=True)
 

@@ -100,7 +100,7 @@ class Snas(Strategy):
     def make_arch_optimizer(self):
         if self.arch_optimizer == "adam":
             return super().make_arch_optimizer()
-        return torch.optim.SGD(self.arch_parameters(), lr=self.arch_lr)
+        return torch.optim.SGD(self.arch_parameters(), lr=self.arch_lr, foreach=True)
 
     def temperature(self) -> float:
         progress = (self.epoch + 1) / (self.temp_epochs or self.num_epochs)

@@ -259,7 +259,7 @@ class TFNAS(Strategy):
         ctx.precision.scale(loss, "arch").backward()
         ctx.sync_grads(self.arch_parameters())
         ctx.precision.unscale_("arch", ctx.a_optimizer)
-        nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip)
+        nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip, foreach=True)
         ctx.precision.step("arch", ctx.a_optimizer)
         with torch.no_grad():
             self._normalise()
@@ -280,7 +280,7 @@ class TFNAS(Strategy):
             total = total + loss.detach()
             first_logits = logits.detach() if first_logits is None else first_logits
         ctx.precision.unscale_("weights", ctx.w_optimizer)
-        ctx.watch_grad_norm(nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip))
+        ctx.watch_grad_norm(nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip, foreach=True))
         ctx.precision.step("weights", ctx.w_optimizer)
         return total, first_logits
 
