@@ -55,7 +55,7 @@ def _read_config_file(path: str) -> dict:
 SEARCH_FLAGS = {
     "space": str, "space_args": _json_arg, "strategy": str, "strategy_args": _json_arg, "data": str,
     "data_root": str, "data_args": _json_arg, "epochs": int, "batch_size": _int_or_text, "train_portion": float,
-    "lr": float, "lr_min": float, "momentum": float, "nesterov": _bool_arg, "weight_decay": float,
+    "valid_split": str, "lr": float, "lr_min": float, "momentum": float, "nesterov": _bool_arg, "weight_decay": float,
     "grad_clip": float, "seed": int, "device": str, "backend": str, "max_steps_per_epoch": int, "num_workers": int,
     "precision": str, "checkpoint_every": str, "memory_limit": str,
 }  # fmt: skip
@@ -133,15 +133,9 @@ def cmd_search(args) -> int:
 
 def cmd_derive(args) -> int:
     from .checkpoint import atomic_write_text, load_checkpoint
-    from .search import describe
-    from .spaces import build_space
-    from .strategies import build_strategy
+    from .search import describe, restore_search
 
-    ckpt = load_checkpoint(args.checkpoint)
-    space = build_space(ckpt["space"], **ckpt["space_config"])
-    strategy = build_strategy(ckpt["strategy"], **ckpt["config"]["strategy_args"])
-    strategy.setup(space.arch_spec())
-    strategy.load_state_dict(ckpt["strategy_state"])
+    space, strategy = restore_search(load_checkpoint(args.checkpoint))
     text, as_json = describe(strategy.derive(space))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,20 @@ def cell_nodes(gene, edge_all: bool) -> list[list[tuple[str, int]]]:
     return nodes
 
 
+def cell_mask(gene, op_names: list[str], edge_all: bool) -> torch.Tensor:
+    """Bool ``Tensor[E, K]`` of a cell's ``(op, input)`` pairs in the DARTS edge order (node ``i``'s inputs start at
+    edge ``i (i + 3) / 2``); a ``none`` pair sets nothing, so its edge is dropped."""
+    nodes = cell_nodes(gene, edge_all)
+    mask = torch.zeros(sum(i + 2 for i in range(len(nodes))), len(op_names), dtype=torch.bool)
+    start = 0
+    for i, pairs in enumerate(nodes):
+        for op, j in pairs:
+            if op != "none":
+                mask[start + j, op_names.index(op)] = True
+        start += i + 2
+    return mask
+
+
 def parse_darts_cell(scores: torch.Tensor, op_names: list[str], steps: int) -> list[tuple[str, int]]:
     """The authors' ``_parse``: per node, the two inputs with the strongest non-``none`` op, and that op.
 

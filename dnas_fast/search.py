@@ -1,9 +1,15 @@
-"""The bilevel search loop: weights on the train split, architecture on the validation split.
+"""The search loop: weights on the train split, architecture on the validation split (bilevel), or weights and
+architecture from one loss on the train split (single-level).
 
 Defaults are the DARTS paper's CIFAR-10 search settings (SGD momentum 0.9, lr 0.025 cosine to 0.001,
 weight decay 3e-4, grad clip 5, batch 64, 50 epochs; alphas: Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
 A strategy's ``loop_preset`` (its authors' search script) replaces any of these the user leaves unset;
 log.jsonl's first line records every effective setting and where it came from.
+
+``valid_split``: ``train`` (default) splits the training set by ``train_portion`` (DARTS); ``test`` (single-level
+strategies only; SNAS's preset) gives the weights the whole training set and takes the validation numbers from
+the data set's test split, with a logged fallback to the ``train`` split where there is none
+(:func:`~dnas_fast.data.build_search_data`).
 """
 
 import contextlib
@@ -29,7 +35,7 @@ from .checkpoint import (
     rng_state,
     set_rng_state,
 )
-from .data import build_search_data
+from .data import VALID_SPLITS, build_search_data
 from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard
 from .precision import PRECISIONS, Precision
@@ -41,7 +47,7 @@ from .strategies.base import weight_optimizer
 # The loop settings a strategy's ``loop_preset`` may set. SearchConfig leaves them None ("not set by the user");
 # ``resolved`` fills them from the preset, else from here.
 LOOP_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": False,
-                 "weight_decay": 3e-4, "grad_clip": 5.0}  # fmt: skip
+                 "weight_decay": 3e-4, "grad_clip": 5.0, "valid_split": "train"}  # fmt: skip
 
 
 @dataclass
@@ -58,6 +64,7 @@ class SearchConfig:
     epochs: int | None = None
     batch_size: int | str | None = None  # "auto": the largest whose search step fits the memory (autobatch)
     train_portion: float = 0.5
+    valid_split: str | None = None  # "train": split by train_portion; "test": all of train, validate on test
     lr: float | None = None
     lr_min: float | None = None
     momentum: float | None = None
@@ -96,6 +103,8 @@ class SearchConfig:
             autobatch.parse_memory(self.memory_limit)  # raises on a malformed size
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
+        if self.valid_split not in (None, *VALID_SPLITS):
+            raise ValueError(f"valid_split must be one of {VALID_SPLITS}, got {self.valid_split!r}")
         if (self.lr is not None and self.lr <= 0) or (self.lr_min is not None and self.lr_min < 0):
             raise ValueError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
         if self.nesterov and self.momentum is not None and self.momentum <= 0:
@@ -122,6 +131,15 @@ class SearchConfig:
         config = SearchConfig(**values)
         config.validate()
         return config, sources
+
+
+def search_data(config: SearchConfig, batch_size: int, rank: int = 0, world_size: int = 1):
+    """The search data of a resolved ``config`` (the run's and eval-child's, so both see the same splits)."""
+    return build_search_data(
+        config.data, root=config.data_root, batch_size=batch_size, train_portion=config.train_portion,
+        valid_split=config.valid_split, seed=config.seed, rank=rank, world_size=world_size,
+        num_workers=config.num_workers, **config.data_args,
+    )  # fmt: skip
 
 
 def pick_device(name: str) -> torch.device:
@@ -174,6 +192,8 @@ class Searcher:
         with blame_args("strategy", config.strategy, config.strategy_args):
             self.strategy = build_strategy(config.strategy, **config.strategy_args)
         config, self.sources = config.resolved(config.strategy, self.strategy.loop_preset)
+        if config.valid_split == "test" and self.strategy.bilevel:  # its architecture steps would fit the test set
+            raise ValueError(f"valid_split 'test' needs a single-level strategy; {config.strategy!r} is bilevel")
         self.auto_batch: autobatch.AutoBatch | None = None
         if data is None:
             config = self.pick_batch_size(config)
@@ -212,11 +232,7 @@ class Searcher:
         self.guard = DivergenceGuard(self.device)
 
     def build_data(self, config: SearchConfig, batch_size: int):
-        return build_search_data(
-            config.data, root=config.data_root, batch_size=batch_size, train_portion=config.train_portion,
-            seed=config.seed, rank=self.rank, world_size=self.world_size, num_workers=config.num_workers,
-            **config.data_args,
-        )  # fmt: skip
+        return search_data(config, batch_size, self.rank, self.world_size)
 
     def pick_batch_size(self, config: SearchConfig) -> SearchConfig:
         """Apply ``batch_size`` "auto" (measured, :mod:`~dnas_fast.autobatch`) and ``scale_lr``; update sources."""
@@ -237,7 +253,7 @@ class Searcher:
     def header(self) -> dict:
         """log.jsonl's first line: every effective setting and its source (and how an auto batch was found)."""
         settings = {k: {"value": v, "source": self.sources[k]} for k, v in dataclasses.asdict(self.config).items()}
-        header = {"header": True, "settings": settings}
+        header = {"header": True, "settings": settings, "validation": self.data.validation}
         if self.auto_batch is not None:
             header["auto_batch"] = self.auto_batch.record()
         return header
@@ -433,6 +449,8 @@ class Searcher:
                 atomic_write_text(self.run_dir / "log.jsonl", json.dumps(self.header()) + "\n")
                 if self.auto_batch is not None:
                     log(self.auto_batch.describe())
+                if self.config.valid_split == "test":
+                    log(f"validation: {self.data.validation}")
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         # signals are caught in single-process runs only: ranks could see them at different steps
         with self.signals if self.world_size == 1 else contextlib.nullcontext():
@@ -495,8 +513,26 @@ def run_search(
     return searcher.run(log=log, stop_after=stop_after)
 
 
+def stored_config(ckpt: dict) -> SearchConfig:
+    """The resolved config a checkpoint holds; one saved before ``valid_split`` existed used the ``train`` split."""
+    return SearchConfig.from_dict({"valid_split": "train", **ckpt["config"]})
+
+
 def config_from_checkpoint(path) -> SearchConfig:
-    return SearchConfig.from_dict(load_checkpoint(path)["config"])
+    return stored_config(load_checkpoint(path))
 
 
-__all__ = ["SearchConfig", "Searcher", "config_from_checkpoint", "run_search"]
+def restore_search(ckpt: dict, device="cpu"):
+    """(space with its trained weights, strategy with its alphas at the checkpoint's epoch) of a search
+    checkpoint: what ``dnas-fast derive`` and ``eval-child`` derive from."""
+    config = stored_config(ckpt)
+    space = build_space(ckpt["space"], **ckpt["space_config"]).to(device)
+    space.load_state_dict(ckpt["model"])
+    strategy = build_strategy(ckpt["strategy"], **config.strategy_args)
+    strategy.setup(space.arch_spec(), device)
+    strategy.load_state_dict(ckpt["strategy_state"])
+    strategy.on_epoch_start(ckpt["epoch"], config.epochs)
+    return space, strategy
+
+
+__all__ = ["SearchConfig", "Searcher", "config_from_checkpoint", "restore_search", "run_search"]

@@ -45,6 +45,8 @@ from .data.evaluation import build_eval_data
 from .data.splits import AUGMENT, generator
 from .genotype import (
     NAMED_GENOTYPES,
+    EdgeAllGenotype,
+    cell_mask,
     genotype_from_json,
     genotype_from_string,
     genotype_to_json,
@@ -499,26 +501,22 @@ def run_train(config: TrainConfig, run_dir, resume=False, rank=0, world_size=1, 
 
 # ---- the child network of a search -----------------------------------------------------------------------
 def child_arch_weights(space, strategy) -> dict:
-    """One-hot ArchWeights of the derived child: only the chosen op of each kept edge runs (the rest of the
-    supernet is skipped), so the child computes with exactly the weights it inherits from the supernet."""
+    """One-hot ArchWeights of the child that ``strategy.derive`` picks: on the DARTS space its genotype's
+    (op, input) pairs (DARTS: two inputs per node; PR-DARTS: the top two pairs, maybe both on one edge; SNAS:
+    every edge, one whose argmax is ``none`` dropped), elsewhere each edge's top op. Only the chosen ops run
+    (the rest of the supernet is skipped), so the child computes with exactly the weights it inherits."""
     from .arch import ArchWeights
     from .spaces.darts_cell import DartsSpace
 
-    spec, scores = space.arch_spec(), strategy.scores()
+    spec = space.arch_spec()
     device = next(space.parameters()).device
-    chosen = {}
     if isinstance(space, DartsSpace):
-        genotype = space.derive(scores)
-        for group, gene in (("normal", genotype.normal), ("reduce", genotype.reduce)):
-            names, mask = (
-                spec[group].op_names,
-                torch.zeros(spec[group].num_edges, len(spec[group].op_names), dtype=torch.bool),
-            )
-            for pair, (op, j) in enumerate(gene):
-                node = pair // 2
-                mask[sum(2 + i for i in range(node)) + j, names.index(op)] = True
-            chosen[group] = mask
-    else:
+        genotype = strategy.derive(space)
+        edge_all = isinstance(genotype, EdgeAllGenotype)
+        genes = {"normal": genotype.normal, "reduce": genotype.reduce}
+        chosen = {group: cell_mask(genes[group], spec[group].op_names, edge_all) for group in spec}
+    else:  # NB201 and MBConv derive each edge's (allowed) argmax
+        scores, chosen = strategy.scores(), {}
         for group, g in spec.items():
             s = scores[group].masked_fill(~g.allowed, float("-inf")) if g.allowed is not None else scores[group]
             chosen[group] = torch.zeros_like(s, dtype=torch.bool).scatter_(1, s.argmax(1, keepdim=True), True)
@@ -547,33 +545,19 @@ def recalibrate_bn(model: nn.Module, batches, device, arch) -> int:
 
 
 def eval_child(run_dir, recal_batches: int = 20, device: str = "auto", log=print) -> dict:
-    """Supernet vs. child accuracy on the search's validation split, the child with and without BN recalibration."""
-    from .data import build_search_data
-    from .search import describe, pick_device
-    from .spaces import build_space
-    from .strategies import build_strategy
+    """Supernet vs. child (``child_arch_weights``) accuracy on the search's validation split (``valid_split``
+    ``test``: the test split), the child with and without BN recalibration."""
+    from .search import describe, pick_device, restore_search, search_data, stored_config
 
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     dev = pick_device(device)
-    c = ckpt["config"]
-    space = build_space(ckpt["space"], **ckpt["space_config"]).to(dev)
-    space.load_state_dict(ckpt["model"])
-    strategy = build_strategy(ckpt["strategy"], **c["strategy_args"])
-    strategy.setup(space.arch_spec(), dev)
-    strategy.load_state_dict(ckpt["strategy_state"])
-    data = build_search_data(
-        c["data"],
-        root=c["data_root"],
-        batch_size=c["batch_size"],
-        train_portion=c["train_portion"],
-        seed=c["seed"],
-        num_workers=c["num_workers"],
-        **c["data_args"],
-    )
+    space, strategy = restore_search(ckpt, dev)
+    config = stored_config(ckpt)
+    data = search_data(config, config.batch_size)
     data.train.set_epoch(0)
-    strategy.on_epoch_start(ckpt["epoch"], c["epochs"])
-    result = {"epochs_searched": ckpt["epoch"], "architecture": describe(strategy.derive(space))[0]}
+    result = {"epochs_searched": ckpt["epoch"], "architecture": describe(strategy.derive(space))[0],
+              "validation": data.validation}  # fmt: skip
     result["supernet_acc"] = evaluate(space, data.valid, dev, arch=strategy.arch_weights("eval"))["test_acc"]
     child = child_arch_weights(space, strategy)
     result["child_acc"] = evaluate(space, data.valid, dev, arch=child)["test_acc"]
@@ -583,7 +567,7 @@ def eval_child(run_dir, recal_batches: int = 20, device: str = "auto", log=print
     atomic_write_text(run_dir / "eval_child.json", json.dumps(result, indent=1) + "\n")
     log(
         f"supernet {result['supernet_acc']:.4f}  child {result['child_acc']:.4f}  "
-        f"child + BN recalibration ({used} batches) {result['child_recalibrated_acc']:.4f}  (search valid split)"
+        f"child + BN recalibration ({used} batches) {result['child_recalibrated_acc']:.4f}  ({data.validation})"
     )
     return result
 

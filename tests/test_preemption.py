@@ -106,3 +106,17 @@ def test_cadence_counts_steps_or_minutes():
     time.sleep(0.02)
     assert cadence.due(1)
     assert not CheckpointCadence.parse("1m").due(1)
+
+
+def test_single_level_run_on_the_test_split_resumes_mid_epoch_bitwise(tmp_path, monkeypatch):
+    config = SearchConfig(**{**TINY, "strategy": "snas", "checkpoint_every": "2"})
+    straight = run_search(config, tmp_path / "straight", **QUIET)
+    interrupt_at(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Preempted, match="at step 3 of epoch 1"):
+        run_search(config, tmp_path / "stopped", **QUIET)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["config"]["valid_split"]) == (0, 3, "test")
+    assert run_search(config, tmp_path / "stopped", resume=True, **QUIET) == straight
+    assert_states_equal(final_state(tmp_path / "straight"), final_state(tmp_path / "stopped"))
+    assert strip_times(tmp_path / "straight") == strip_times(tmp_path / "stopped")

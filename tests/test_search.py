@@ -255,3 +255,69 @@ def test_scale_lr_scales_the_preset_lr_not_the_users(tmp_path):
     assert searcher.config.lr == pytest.approx(0.1 * 32 / 256)
     assert searcher.header()["settings"]["lr"]["source"] == "preset:pc-darts, scaled by batch 32/256"
     assert Searcher(SearchConfig(**{**base, "lr": 0.05}), tmp_path).config.lr == 0.05
+
+
+# ---- valid_split: what the weights train on, where the validation numbers come from ----------------------
+def weight_step_sizes(monkeypatch) -> list[int]:
+    """The batch size of every weight step from now on."""
+    sizes, original = [], Strategy.weight_step
+
+    def step(self, ctx, batch):
+        sizes.append(len(batch[1]))
+        return original(self, ctx, batch)
+
+    monkeypatch.setattr(Strategy, "weight_step", step)
+    return sizes
+
+
+def test_single_level_snas_trains_on_every_training_image_and_validates_on_the_test_split(tmp_path, monkeypatch):
+    from dnas_fast.data.evaluation import build_eval_data
+
+    config = SearchConfig(**{**TINY, "strategy": "snas", "data_args": {}, "epochs": 1, "batch_size": 64,
+                             "max_steps_per_epoch": None})  # fmt: skip
+    searcher = Searcher(config, tmp_path)
+    test = build_eval_data("digits", batch_size=64)  # digits: 1797 images, a seeded 20% (359) held out as test
+    assert torch.equal(searcher.data.train.indices.sort().values, test.train.indices.sort().values)
+    assert torch.equal(searcher.data.valid.indices, test.test.indices) and not searcher.data.valid.augment
+    sizes = weight_step_sizes(monkeypatch)
+    searcher.run(log=lambda *_: None)
+    assert sum(sizes) == 1797 - 359  # one epoch: every training image once, none held out for validation
+    header = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["valid_split"] == {"value": "test", "source": "preset:snas"}
+    assert header["validation"].startswith("test split: digits: a seeded 20% held out (359 images)")
+
+
+def test_bilevel_strategies_keep_the_train_portion_split_and_refuse_the_test_split(tmp_path):
+    from dnas_fast.data.splits import split_indices
+
+    searcher = Searcher(SearchConfig(**{**TINY, "data_args": {}}), tmp_path)
+    train, valid = split_indices(1797, 0.5, seed=0)
+    assert torch.equal(searcher.data.train.indices, train) and torch.equal(searcher.data.valid.indices, valid)
+    assert searcher.header()["settings"]["valid_split"] == {"value": "train", "source": "default"}
+    with pytest.raises(ValueError, match="valid_split 'test' needs a single-level strategy; 'darts' is bilevel"):
+        Searcher(SearchConfig(**{**TINY, "valid_split": "test"}), tmp_path)
+    user = Searcher(SearchConfig(**{**TINY, "strategy": "snas", "valid_split": "train"}), tmp_path)
+    assert user.header()["settings"]["valid_split"] == {"value": "train", "source": "user"}
+    with pytest.raises(ValueError, match="valid_split must be one of"):
+        SearchConfig(valid_split="val").validate()
+
+
+def test_a_data_set_without_test_split_falls_back_to_the_train_portion_split_and_says_so(tmp_path):
+    from tests.test_data import write_npz
+
+    write_npz(tmp_path / "no_test.npz", (8, 8), n=40)
+    config = SearchConfig(**{**TINY, "strategy": "snas", "data": "npz", "data_root": str(tmp_path / "no_test.npz"),
+                             "data_args": {}, "batch_size": 4, "epochs": 1})  # fmt: skip
+    lines = []
+    run_search(config, tmp_path / "run", log=lines.append)
+    assert lines[0].startswith("validation: no test split (") and "x_test" in lines[0] and "train_portion" in lines[0]
+    header = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    assert header["validation"] == lines[0].removeprefix("validation: ")
+
+
+def test_a_checkpoint_saved_before_valid_split_resumes_on_the_train_split():
+    from dnas_fast.search import stored_config
+
+    old = dataclasses.asdict(SearchConfig(**{**TINY, "strategy": "snas"}))
+    del old["valid_split"]
+    assert stored_config({"config": old}).valid_split == "train"

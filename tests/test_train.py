@@ -246,6 +246,48 @@ def test_child_weights_run_only_the_derived_ops():
         assert torch.equal(child[group].weights.bool().cpu(), mask)
 
 
+def hand_set_child(strategy_name: str, scores: dict) -> dict:
+    """The child masks of ``strategy_name`` on a tiny DARTS space whose alphas are set to ``scores[group]``."""
+    from dnas_fast import build_space, build_strategy
+
+    space = build_space("darts", C=4, layers=3, backend="reference")
+    strategy = build_strategy(strategy_name)
+    strategy.setup(space.arch_spec())
+    with torch.no_grad():
+        for group, alpha in strategy.alphas.items():
+            alpha.copy_(scores[group])
+    return {group: a.mask for group, a in child_arch_weights(space, strategy).items()}
+
+
+def test_the_child_follows_the_strategy_derivation_snas_all_edges_pr_darts_top_pairs():
+    from dnas_fast.ops import DARTS_OPS
+
+    none, sep, pool = (DARTS_OPS.index(op) for op in ("none", "sep_conv_3x3", "max_pool_3x3"))
+    alphas = torch.zeros(14, len(DARTS_OPS))
+    alphas[:, sep] = 3.0
+    alphas[0, none] = 5.0  # node 0, input 0: argmax none
+    alphas[4, sep] = 1.0  # node 1's weakest input: DARTS's two-inputs rule drops it
+    alphas[1, pool] = 2.5  # node 0, input 1: sep then max_pool, PR-DARTS's top two pairs of node 0
+    scores = {"normal": alphas, "reduce": alphas}
+    snas, darts, pr_darts = (hand_set_child(name, scores)["normal"] for name in ("snas", "darts", "pr-darts"))
+    assert not snas[0].any() and darts[0, sep]  # SNAS drops the edge whose argmax is none
+    assert snas[4, sep] and not darts[4].any()  # and keeps every other edge, with its argmax op
+    assert snas.sum(1).tolist() == [0] + [1] * 13
+    assert darts.sum(1)[:5].tolist() == [1, 1, 1, 1, 0]
+    assert pr_darts[1, sep] and pr_darts[1, pool] and not pr_darts[0].any()  # both of node 0's pairs on edge 1
+
+
+def test_eval_child_of_a_snas_run_uses_its_strategy_and_the_test_split(tmp_path):
+    search = SearchConfig(space="darts", space_args={"C": 4, "layers": 3}, strategy="snas", data="digits",
+                          data_args={"limit": 256}, epochs=1, batch_size=32, max_steps_per_epoch=2,
+                          backend="reference")  # fmt: skip
+    run_search(search, tmp_path, **quiet)
+    result = eval_child(tmp_path, recal_batches=1, **quiet)
+    assert result["architecture"].startswith("EdgeAllGenotype(")
+    assert result["validation"].startswith("test split: digits")
+    assert 0 <= result["child_acc"] <= 1
+
+
 def test_divergence_stops_before_a_checkpoint_is_written(tmp_path):
     config = TrainConfig(arch="DARTS_V2", **{**TINY, "lr": 1e38, "grad_clip": 0.0})
     with pytest.raises(FloatingPointError, match="diverged in epoch 1"):

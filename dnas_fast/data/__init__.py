@@ -1,4 +1,5 @@
-"""Search data: a train split for the weights and a valid split for the architecture, deterministic per epoch.
+"""Search data: a train split for the weights and a valid split for the architecture (or, single-level, a test
+split for the validation numbers), deterministic per epoch.
 
 Example::
 
@@ -13,14 +14,19 @@ Example::
 from dataclasses import dataclass
 from functools import partial
 
+import torch
+
 from .imagefolder import FolderImages, FolderSplit, sample_per_class, scan_folder
 from .memory import TensorSplit
 from .sources import CIFAR_FORMATS, load_cifar, load_digits, load_npz
 from .splits import Split, split_indices
+from .testsets import NoTestSplit, folder_test, in_memory_test
 
-__all__ = ["SearchData", "build_search_data", "known_datasets"]
+__all__ = ["VALID_SPLITS", "SearchData", "build_search_data", "known_datasets"]
 
-SPLITS = ("train", "valid")
+# "train": DARTS's split of the training set by train_portion; "test": the weights get the whole training set
+# and the data set's test split gives the validation numbers (SNAS-Series SNAS/train_search.py), never gradients.
+VALID_SPLITS = ("train", "test")
 
 _IN_MEMORY = {"digits": lambda root: load_digits(), "npz": load_npz}
 _IN_MEMORY.update({name: (lambda root, name=name: load_cifar(name, root)) for name in CIFAR_FORMATS})
@@ -32,7 +38,8 @@ def known_datasets() -> list[str]:
 
 @dataclass
 class SearchData:
-    """``train`` feeds weight updates, ``valid`` architecture updates.
+    """``train`` feeds weight updates, ``valid`` architecture updates and the validation numbers; ``validation``
+    says in words what ``valid`` holds (it goes to the run's log).
 
     Both iterate ``(x Tensor[N, C, S, S] float32 normalised, y Tensor[N] int64)``; ``len()`` is the number of
     batches on this rank; ``set_epoch(e)`` selects epoch ``e``'s shuffle and augmentation.
@@ -44,6 +51,7 @@ class SearchData:
     num_classes: int
     image_size: int
     name: str
+    validation: str
 
 
 def build_search_data(
@@ -51,6 +59,7 @@ def build_search_data(
     root=None,
     batch_size: int = 64,
     train_portion: float = 0.5,
+    valid_split: str = "train",
     seed: int = 0,
     augment: bool = True,
     rank: int = 0,
@@ -72,7 +81,8 @@ def build_search_data(
             ``imagenet_valid_fraction`` of each class (PC-DARTS: 10% / 2.5%).
         seed: fixes the split; epoch ``e``'s shuffle and augmentation depend only on ``(seed, e, rank)``.
         augment: the authors' search augmentation (digits: 1-pixel shift; CIFAR: crop pad 4 + flip;
-            imagefolder: random resized crop + flip), applied to both splits as in their search scripts.
+            imagefolder: random resized crop + flip), applied to both splits as in their search scripts (never
+            to a test split).
         rank, world_size: each rank gets a disjoint, equally long shard of every epoch (remainder dropped).
         num_workers: ``DataLoader`` workers (``imagefolder`` only; the other sets are batched in memory).
         image_size: output side; in-memory sets are resized from their native side, ``imagefolder`` defaults to 224.
@@ -83,6 +93,8 @@ def build_search_data(
     _check(batch_size=batch_size, seed=seed, world_size=world_size, num_workers=num_workers, limit=limit)
     if not 0 < train_portion < 1:
         raise ValueError(f"train_portion must lie in (0, 1), got {train_portion}")
+    if valid_split not in VALID_SPLITS:
+        raise ValueError(f"valid_split must be one of {VALID_SPLITS}, got {valid_split!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
@@ -106,8 +118,26 @@ def build_search_data(
         make = partial(TensorSplit, data, augment=augment, image_size=image_size)
         indices = split_indices(len(data.y), train_portion, seed, limit)
         in_channels, num_classes = data.x.shape[1], data.num_classes
-    train, valid = (make(idx, stream=s, what=what, **common) for s, (idx, what) in enumerate(zip(indices, SPLITS)))
-    return SearchData(train, valid, in_channels, num_classes, image_size, name)
+    train_idx, valid_idx = indices
+    make_valid, valid_args = make, {"what": "valid"}
+    validation = f"{len(valid_idx)} training images kept from the weights' {len(train_idx)}"
+    if valid_split == "test":
+        try:
+            if name == "imagefolder":  # the weights keep the search's share of each class (the same draw)
+                images, what = folder_test(root, classes, image_size, seed)
+                make_valid, valid_idx = partial(FolderSplit, images, num_workers=num_workers), torch.arange(len(images))
+            else:
+                held_out = in_memory_test(name, root, data, seed, limit)
+                make_valid = partial(TensorSplit, held_out.data, augment=False, image_size=image_size)
+                train_idx, valid_idx, what = held_out.train, held_out.indices, held_out.description
+        except NoTestSplit as err:
+            validation = f"no test split ({err}); fallback: {validation} (train_portion)"
+        else:
+            validation = f"test split: {what}; the weights get all {len(train_idx)} training images"
+            valid_args = {"what": "test", "batch_size": max(1, min(batch_size, len(valid_idx) // world_size))}
+    train = make(train_idx, stream=0, what="train", **common)
+    valid = make_valid(valid_idx, stream=1, **{**common, **valid_args})
+    return SearchData(train, valid, in_channels, num_classes, image_size, name, validation)
 
 
 def _check(**ints) -> None:

@@ -33,13 +33,17 @@ Files below are SNAS-Series ``SNAS/...`` at commit 9a43adb.
   an :class:`~dnas_fast.genotype.EdgeAllGenotype` on the DARTS space (other spaces: their own argmax rule).
   :meth:`Snas.derive_subnet` keeps the sampled child with its trained weights.
 - Alphas start at ``N(1, 0.01)`` (``--loc_mean 1 --loc_std 0.01``); the offset cancels in the softmax.
+- Data (``train_search.py`` ``init_loaddata``, 277-278 and 299-305; ``infer``, 355 and 649): weights and
+  alphas train on all 50k CIFAR-10 training images; validation numbers come from the 10k test images, unaugmented.
+  ``loop_preset`` ``valid_split="test"`` does the same on any data set: the whole training set for the steps, its
+  test split for validation and the per-epoch genotype log (digits: a seeded 20% held out; without a test split a
+  logged fallback to the ``train_portion`` split).
 
 Remaining deviations: costs are measured on our op modules (:mod:`.costs`), not their closed forms
 (``operations.py``: e.g. their MAC counts the BN and ReLU passes); drop-path reaches DARTS cells only
-(``ArchWeights.drop_path``; the authors have no other space); the whole training set for the weights and the
-test set for validation, and their LR schedule one epoch ahead (``scheduler.step()`` before each epoch under
-PyTorch 0.4), are loop settings (``--train-portion``, not here); their ``--ratio`` (1) and auxiliary head (off)
-are not built.
+(``ArchWeights.drop_path``; the authors have no other space); their LR schedule one epoch ahead
+(``scheduler.step()`` before each epoch under PyTorch 0.4) is not reproduced; their ``--ratio`` (1) and auxiliary
+head (off) are not built.
 """
 
 import copy
@@ -64,7 +68,7 @@ LINEAR_WEIGHTS = {"params": 0.43 * 2, "flops": 0.43 / 4000, "mac": 0.43 / 100}  
 class Snas(Strategy):
     name = "snas"
     bilevel = False
-    loop_preset = {"epochs": 150}  # SNAS-Series SNAS/train_search.py line 31
+    loop_preset = {"epochs": 150, "valid_split": "test"}  # SNAS-Series SNAS/train_search.py 31, 277-278
     arch_grad_clip = 10.0  # train_search.py 505
 
     def __init__(
