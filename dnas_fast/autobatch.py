@@ -141,8 +141,9 @@ def find_batch_size(config, probe, device: torch.device) -> AutoBatch:
 
 
 def trial_step(task: dict, batch: int) -> Callable[[], None]:
-    """The search loop's step at ``batch`` on random input of the data's shape, past any warm-up (both updates
-    run, as in the run's heaviest epochs), as a closure."""
+    """The search loop's step at ``batch`` on random input of the data's shape, as in the run's last epoch (past
+    a warm-up that ends before it, both updates run, as in the run's heaviest epochs; a run no longer than its
+    warm-up has weight updates only, and so do the trials), as a closure."""
     from types import SimpleNamespace
 
     from .search import SearchConfig, Searcher
