@@ -26,6 +26,7 @@ class Backend:
     available: Callable[[torch.device], bool]  # usable on this device at all
     supports: Callable  # supports(edge) -> bool: this edge's op set / options are implemented
     priority: int = 0  # higher wins under ``auto``
+    auto_on: Callable[[torch.device], bool] = lambda device: True  # where ``auto`` may pick it (measured there)
 
 
 _BACKENDS: Registry[Backend] = Registry("backend")
@@ -73,7 +74,7 @@ def resolve_backend(requested: str | None, device: torch.device, edge) -> Backen
 def _resolve(name: str, device: torch.device, edge) -> Backend:
     _load_optional_backends()
     if name == "auto":
-        usable = [b for b in _BACKENDS if b.available(device) and b.supports(edge)]
+        usable = [b for b in _BACKENDS if b.available(device) and b.auto_on(device) and b.supports(edge)]
         backend = max(usable, key=lambda b: b.priority)
         _announce(backend, device)
         return backend

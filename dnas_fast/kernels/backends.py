@@ -1,9 +1,10 @@
 """The fused MixedEdge backends: which primitives (``Prims``) each one runs, where it is available, and its
 priority under ``auto`` (the highest among those available on x's device that support the edge wins):
 
-    batched  40  CPU: the cell-level batched path (``batched_cell.py``): every edge reading one state runs each op
+    batched  40  the cell-level batched path (``batched_cell.py``): every edge reading one state runs each op
                  family once (0.42x the naive supernet's dispatched ops per forward+backward); a lone edge runs
-                 the fused path with the best primitives of its device
+                 the fused path with the best primitives of its device; ``auto`` picks it on CPU only (on CUDA
+                 it runs when asked for by name, until a GPU run has measured it)
     cpu      30  compiled-extension primitives (``_ext``), device CPU
     cuda     30  compiled-extension primitives, device CUDA (extension built with nvcc)
     triton   20  Triton primitives (``dnas_fast.triton_kernels``) on CUDA; on CPU only when forced
@@ -75,6 +76,10 @@ def best_prims(device) -> Prims:
     return ext_prims() if ext is not None and ext.available(device) else REF_PRIMS
 
 
+def _on_cpu(device) -> bool:
+    return torch.device(device).type == "cpu"
+
+
 def _forward_with(get_prims):
     def forward(edge, x, weights, mask, aux_weight, straight_through):
         return fused_edge_forward(edge, x, weights, mask, aux_weight, straight_through, prims=get_prims(x.device))
@@ -87,8 +92,8 @@ for _b in (
     _backend.Backend("cuda", _forward_with(lambda device: ext_prims()), _ext_available("cuda"), supports, priority=30),
     _backend.Backend("triton", _forward_with(lambda device: triton_prims()), _triton_available, supports, priority=20),
     _backend.Backend("fused", _forward_with(lambda device: REF_PRIMS), lambda device: True, supports, priority=10),
-    _backend.Backend(
-        BATCHED, _forward_with(best_prims), lambda device: torch.device(device).type == "cpu", supports, priority=40
+    _backend.Backend(  # on CUDA only when asked for: not yet measured on a GPU (bench/gpu_suite.py does)
+        BATCHED, _forward_with(best_prims), lambda device: True, supports, priority=40, auto_on=_on_cpu
     ),
 ):
     _backend.register_backend(_b)
