@@ -99,8 +99,7 @@ def run_part(name: str, cmd: list, log: Path, timeout: float) -> None:
 def main(argv=None) -> int:
     from dnas_fast.benchmark import bench_parser, device_name
 
-    p = bench_parser(__doc__, out=None, threads=None, quick="tiny budgets (a check of the suite itself)")
-    p.add_argument("--device", default="cuda")
+    p = bench_parser(__doc__, out=None, device="cuda", threads=None, quick="tiny budgets (a check of the suite itself)")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_suite needs a CUDA GPU", file=sys.stderr)
