@@ -25,6 +25,7 @@ Two steps, because the first creates the optimizer state (momentum, Adam moments
 import ctypes
 import dataclasses
 import gc
+import importlib
 import json
 import math
 import os
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .benchmark import rss_kb
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 MAX_TRIALS = 12  # measured steps per search; each CPU trial is a fresh process (seconds)
@@ -120,12 +123,12 @@ def largest_fitting_batch(measure: Callable[[int], int | None], limit: int, cap:
     return AutoBatch(good, trials[good], limit, a, b, trials, measure="")
 
 
-def find_batch_size(config, probe, device: torch.device) -> AutoBatch:
+def find_batch_size(config, probe, device: torch.device, builder: str) -> AutoBatch:
     """The auto batch of ``config`` (a resolved ``SearchConfig``) on ``probe``'s data shape, at most its smaller
-    split (a batch must fit in one split)."""
+    split (a batch must fit in one split); ``builder`` (``"module:function"``) builds the step at a batch."""
     cap = min(probe.train.shard_size, probe.valid.shard_size)
     shape = {"in_channels": probe.in_channels, "num_classes": probe.num_classes, "image_size": probe.image_size}
-    task = {"config": dataclasses.asdict(config), "shape": shape, "device": str(device)}
+    task = {"config": dataclasses.asdict(config), "shape": shape, "device": str(device), "builder": builder}
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         limit = parse_memory(config.memory_limit) if config.memory_limit else free
@@ -141,27 +144,10 @@ def find_batch_size(config, probe, device: torch.device) -> AutoBatch:
 
 
 def trial_step(task: dict, batch: int) -> Callable[[], None]:
-    """The search loop's step at ``batch`` on random input of the data's shape, as in the run's last epoch (past
-    a warm-up that ends before it, both updates run, as in the run's heaviest epochs; a run no longer than its
-    warm-up has weight updates only, and so do the trials), as a closure."""
-    from types import SimpleNamespace
-
-    from .search import SearchConfig, Searcher
-
-    config = SearchConfig.from_dict({**task["config"], "batch_size": batch, "device": task["device"]})
-    shape = SimpleNamespace(**task["shape"])
-    searcher = Searcher(config, run_dir=".", data=shape)
-    searcher.strategy.on_epoch_start(config.epochs - 1, config.epochs)
-    ctx, device = searcher.context(), searcher.device
-
-    def batch_of_data():
-        x = torch.randn(batch, shape.in_channels, shape.image_size, shape.image_size, device=device)
-        return x.contiguous(memory_format=searcher.memory_format), torch.randint(
-            shape.num_classes, (batch,), device=device
-        )
-
-    train, valid = batch_of_data(), batch_of_data() if searcher.arch_step_due() else None
-    return lambda: searcher.search_step(ctx, train, valid)
+    """The step to measure, built by ``task["builder"]`` (``"module:function"``, called as ``function(task,
+    batch)``): the search loop names its own, so this module needs no import of the loop."""
+    module, function = task["builder"].split(":")
+    return getattr(importlib.import_module(module), function)(task, batch)
 
 
 def measure_cuda(task: dict, batch: int) -> int | None:
@@ -203,13 +189,6 @@ def measure_cpu(task: dict, batch: int) -> int | None:
     raise RuntimeError(f"batch_size auto: the trial step at batch {batch} failed: {last}")
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} (peak-RSS measurement needs Linux)")
-
-
 def _cpu_child(task: dict) -> None:
     """Child body: print the bytes of two search steps at ``task["batch"]`` above the RSS before their network."""
     torch.set_num_threads(task["threads"])
@@ -221,8 +200,8 @@ def _cpu_child(task: dict) -> None:
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed heap back to the OS
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
-    base = _rss_kb("VmRSS")
+    base = rss_kb("VmRSS")
     step = trial_step(task, task["batch"])
     step()
     step()
-    print((_rss_kb("VmHWM") - base) * 1024)
+    print((rss_kb("VmHWM") - base) * 1024)

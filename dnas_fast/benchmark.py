@@ -179,13 +179,13 @@ def _child(builder: str, task: dict, timed_steps: int, threads: int) -> None:
     step()  # warm-up: one-time allocations (oneDNN caches, optimizer state) are not the step's memory
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the warm-up's freed heap back to the OS
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    base = _rss_kb("VmRSS")
+    base = rss_kb("VmRSS")
     times = []
     for _ in range(timed_steps):
         t0 = time.perf_counter()
         step()
         times.append((time.perf_counter() - t0) * 1e3)
-    peak = _rss_kb("VmHWM")
+    peak = rss_kb("VmHWM")
     result = {"baseline_rss_mb": base / 1024, "peak_rss_mb": peak / 1024, "step_rss_mb": (peak - base) / 1024}
     result["times_ms"] = times
     if hasattr(step, "report"):
@@ -193,11 +193,12 @@ def _child(builder: str, task: dict, timed_steps: int, threads: int) -> None:
     print(json.dumps(result))
 
 
-def _rss_kb(field: str) -> int:
+def rss_kb(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` (KiB) of this process, from ``/proc/self/status`` (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
-    return -1
+    raise RuntimeError(f"/proc/self/status has no {field} (peak-RSS measurement needs Linux)")
 
 
 def cuda_peak_mb(device, step) -> float:

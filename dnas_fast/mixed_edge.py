@@ -6,12 +6,7 @@ from torch import nn
 
 from . import _backend
 from .ops import build_op, check_op_names
-
-
-def strided_shape(x: torch.Tensor, stride: int, C: int) -> tuple:
-    """``(N, C, ceil(H / stride), ceil(W / stride))``: the output shape of every candidate op on ``x``."""
-    N, _, H, W = x.shape
-    return N, C, -(-H // stride), -(-W // stride)
+from .shapes import strided_shape
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

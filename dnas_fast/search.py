@@ -18,8 +18,10 @@ import json
 import math
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -240,7 +242,8 @@ class Searcher:
             if self.world_size > 1:  # ranks would measure apart and could pick different batches
                 raise ValueError("batch_size auto needs a single process; under torchrun give a number")
             probe = self.build_data(config, 1)  # the data's shape and split sizes
-            self.auto_batch = autobatch.find_batch_size(config, probe, self.device)
+            builder = f"{__name__}:{auto_batch_trial_step.__name__}"
+            self.auto_batch = autobatch.find_batch_size(config, probe, self.device, builder)
             config = dataclasses.replace(config, batch_size=self.auto_batch.batch)
             self.sources["batch_size"] = "auto"
         reference = self.strategy.loop_preset.get("batch_size", LOOP_DEFAULTS["batch_size"])
@@ -535,4 +538,31 @@ def restore_search(ckpt: dict, device="cpu"):
     return space, strategy
 
 
-__all__ = ["SearchConfig", "Searcher", "config_from_checkpoint", "restore_search", "run_search"]
+def auto_batch_trial_step(task: dict, batch: int) -> Callable[[], None]:
+    """The search loop's step at ``batch`` on random input of the data's shape, as in the run's last epoch (past
+    a warm-up that ends before it, both updates run, as in the run's heaviest epochs; a run no longer than its
+    warm-up has weight updates only, and so do the trials), as a closure."""
+    config = SearchConfig.from_dict({**task["config"], "batch_size": batch, "device": task["device"]})
+    shape = SimpleNamespace(**task["shape"])
+    searcher = Searcher(config, run_dir=".", data=shape)
+    searcher.strategy.on_epoch_start(config.epochs - 1, config.epochs)
+    ctx, device = searcher.context(), searcher.device
+
+    def batch_of_data():
+        x = torch.randn(batch, shape.in_channels, shape.image_size, shape.image_size, device=device)
+        return x.contiguous(memory_format=searcher.memory_format), torch.randint(
+            shape.num_classes, (batch,), device=device
+        )
+
+    train, valid = batch_of_data(), batch_of_data() if searcher.arch_step_due() else None
+    return lambda: searcher.search_step(ctx, train, valid)
+
+
+__all__ = [
+    "SearchConfig",
+    "Searcher",
+    "auto_batch_trial_step",
+    "config_from_checkpoint",
+    "restore_search",
+    "run_search",
+]

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..mixed_edge import strided_shape
+from ..shapes import strided_shape
 
 # ---------------------------------------------------------------------------------------------------------- kernels
 

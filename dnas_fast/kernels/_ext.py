@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-from ..mixed_edge import strided_shape
+from ..shapes import strided_shape
 
 _OPS = ("pool_stats", "pool_combine", "pool_grad_stats", "pool_combine_backward")
 

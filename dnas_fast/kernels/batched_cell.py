@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend
-from ..mixed_edge import strided_shape
 from ..precision import autocast_state, restore_autocast
+from ..shapes import strided_shape
 from .backends import BATCHED
 from .edge_structure import ConvProgram, edge_spec
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..mixed_edge import MixedEdge, active_ops, strided_shape
+from ..mixed_edge import MixedEdge, active_ops
 from ..precision import autocast_state, restore_autocast
+from ..shapes import strided_shape
 from . import pool_combine_ref
 from .edge_structure import ConvProgram, EdgeSpec, edge_spec, uses_batch_stats
 from .pool_combine_ref import Prims
