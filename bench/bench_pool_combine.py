@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     names = triton_kernels.__all__[1:]
     triton_prims = {n: getattr(triton_kernels, n) for n in names}
-    ref_prims = {n: getattr(pool_combine_ref, n + "_ref") for n in names}
+    ref_prims = {n: getattr(pool_combine_ref, n) for n in names}
     dtype = getattr(torch, args.dtype)
     peak_gbps = args.peak_gbps or triton.testing.get_dram_gbps()
     meta = {**run_meta("cuda"), "triton": triton.__version__}
