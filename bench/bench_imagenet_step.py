@@ -16,7 +16,8 @@ import sys
 
 import torch
 
-from dnas_fast.bench_edge import bench_search_step, build_search_step, fused_backends, max_batch_cuda
+from dnas_fast import _backend
+from dnas_fast.bench_edge import bench_search_step, build_search_step, max_batch_cuda
 from dnas_fast.benchmark import add_case, bench_parser, run_meta, time_interleaved, timer, write_rows
 
 IMAGENET_TRAIN = 1_281_167  # ImageNet-1k training images
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    providers = ["naive", fused_backends(device)[0]]  # the backend ``auto`` picks
+    providers = ["naive", _backend.auto_choice(device)]
     meta, rows = run_meta(device), []
     sink = (lambda r: write_rows(r, args.out)) if args.out else None
     for k in args.ks:

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from dnas_fast import _backend
 from dnas_fast.bench_edge import bench_search_step, fused_backends
 from dnas_fast.benchmark import add_case, bench_parser, run_meta, write_rows
 
@@ -20,7 +21,7 @@ def search_rows(device="cpu", quick=False, rounds=1, all_backends=False, sink=No
     ``sink(rows)`` (if given) is called after every case so partial results survive."""
     device = torch.device(device)
     fused = fused_backends(device)
-    fused = fused if all_backends else fused[:1]
+    fused = fused if all_backends else [_backend.auto_choice(device)]
     providers = ["naive", "checkpoint", *fused]
     meta = run_meta(device)
     rows = []

@@ -34,12 +34,13 @@ DARTS_SEARCH = {"epochs": 50, "train_images": 25_000, "batch": 64}  # the DARTS 
 
 
 def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_CAP) -> None:
+    from dnas_fast import _backend
     from dnas_fast.bench_edge import build_search_step, fused_backends, search_step_saved_bytes
     from dnas_fast.benchmark import cuda_peak_mb, largest_batch, run_meta, time_interleaved, timer, write_rows
 
     device = torch.device(device)
     fused = fused_backends(device)
-    providers = ["naive", "checkpoint", *fused, *(["batched"] if "batched" not in fused else [])]
+    providers = ["naive", "checkpoint", *fused]
     meta, rows, out = run_meta(device), [], Path(f"{prefix}-search.csv")
     for batch in batches:
         for p in providers:
@@ -57,7 +58,7 @@ def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_
             rows.append({**row, **meta})
             print(row, flush=True)
             write_rows(rows, out)
-    for p in ["naive", fused[0], "batched"]:
+    for p in dict.fromkeys(["naive", _backend.auto_choice(device), "batched"]):
         cfg = {"C": 16, "layers": 8, "H": 32, "order": 1, "device": str(device), "provider": p}
         t0 = time.perf_counter()
         n = largest_batch(lambda n, cfg=cfg: build_search_step({**cfg, "batch": n})(), device, hi=cap)

@@ -54,6 +54,13 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [b.name for b in sorted(usable, key=lambda b: -b.priority)]
 
 
+def auto_choice(device: torch.device | str) -> str:
+    """The backend ``auto`` picks on ``device`` for an edge that every backend supports (benchmarks' "fused")."""
+    _load_optional_backends()
+    device = torch.device(device)
+    return max((b for b in _BACKENDS if b.available(device) and b.auto_on(device)), key=lambda b: b.priority).name
+
+
 def _load_optional_backends() -> None:
     # Fused backends register themselves on import; a missing extension or triton just leaves them out.
     from . import kernels  # noqa: F401

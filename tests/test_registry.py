@@ -80,3 +80,8 @@ def test_setup_says_when_torch_is_hidden_from_the_build():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "dnas_fast._C is NOT built" in out.stderr and "--no-build-isolation" in out.stderr
+
+
+def test_auto_choice_is_what_auto_resolves_to():
+    edge = MixedEdge(4, 1, ["skip_connect", "avg_pool_3x3"])
+    assert _backend.auto_choice("cpu") == _backend.resolve_backend(None, torch.device("cpu"), edge).name == "batched"
