@@ -29,7 +29,7 @@ def make(net, **kw):
     return space, copy.deepcopy(space)
 
 
-def arch_of(space, seed=1, mask_p=None, aux=False, straight_through=False):
+def arch_of(space, seed=1, mask_p=None, aux=False, straight_through=False, drop_path=0.0):
     g = torch.Generator().manual_seed(seed)
     arch = {}
     for name, group in space.arch_spec().items():
@@ -37,7 +37,7 @@ def arch_of(space, seed=1, mask_p=None, aux=False, straight_through=False):
         w = torch.randn(shape, generator=g, dtype=torch.float64).softmax(-1).requires_grad_()
         mask = None if mask_p is None else torch.rand(shape, generator=g) > mask_p
         beta = torch.tensor(0.3, dtype=torch.float64, requires_grad=True) if aux else None
-        arch[name] = ArchWeights(w, mask, beta, straight_through)
+        arch[name] = ArchWeights(w, mask, beta, straight_through, drop_path=drop_path)
     return arch
 
 
@@ -72,7 +72,9 @@ def check_same(net, monkeypatch, **arch_kw):
     for seed in (1, 2):  # two steps: running statistics build on each other
         arch_r = arch_of(ref, seed, **arch_kw)
         arch_b = arch_of(bat, seed, **arch_kw)
+        torch.manual_seed(seed)  # the same drop-path draws (when asked for) on both paths
         out_r, g_r, b_r = step(ref, arch_r, x, y)
+        torch.manual_seed(seed)
         out_b, g_b, b_b = step(bat, arch_b, x, y)
         assert_close("logits", out_b, out_r, **TOL)
         for n in g_r:
@@ -87,6 +89,12 @@ def check_same(net, monkeypatch, **arch_kw):
 def test_batched_equals_reference(net, monkeypatch):
     aux = net.endswith("aux")
     check_same(net, monkeypatch, aux=aux)
+
+
+def test_batched_drop_path_drops_what_the_per_edge_cell_drops(monkeypatch):
+    """SNAS's search drop-path on every edge runs batched: one draw per cell, so the per-edge and the batched cell
+    drop the same examples of the same edges."""
+    check_same("darts", monkeypatch, drop_path=0.5)
 
 
 @pytest.mark.parametrize("net", ["darts", "nb201", "darts-pc"])

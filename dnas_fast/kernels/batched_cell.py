@@ -465,12 +465,13 @@ class BlockFunction(torch.autograd.Function):
 # ---- the cell ------------------------------------------------------------------------------------------------------
 
 
-def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bool) -> list | None:
+def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bool, path_scales=None) -> list | None:
     """Run a cell's edges block by block, or return None when the cell does not run batched (some edge not on the
     ``batched`` backend, eval mode, an op or option the blocks do not know).
 
     ``sources[e]``: the state edge ``e`` reads; edges are in target order and each block's targets are the cell's
-    last nodes (DARTS, NB-201). Appends the nodes to ``states`` and returns it.
+    last nodes (DARTS, NB-201). ``path_scales`` (Tensor[edges, N], optional): drop-path factors of each edge's
+    output per example. Appends the nodes to ``states`` and returns it.
     """
     x0 = states[0]
     if arch.edge_scale is not None:  # PC-DARTS edge scales run per edge (the blocks do not scale their outputs)
@@ -488,6 +489,8 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
         block = [edges[e] for e in rows]
         plan, params = make_block_plan(block, mask, arch.straight_through, arch.aux)
         out = BlockFunction.apply(plan, states[s], arch.weights[rows], arch.aux, *params)
+        if path_scales is not None:  # out is [N, E, C, H, W]: one factor per example and edge
+            out = out * path_scales[rows].t().reshape(out.shape[0], len(rows), 1, 1, 1).to(out.dtype)
         acc = out if acc is None else acc[:, acc.shape[1] - out.shape[1] :] + out
         if s + 1 >= n_init:
             states.append(acc[:, 0].contiguous())  # a copy: a view would keep the whole accumulator alive

@@ -33,6 +33,13 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x / keep * mask
 
 
+def drop_path_scales(paths: int, batch: int, drop_prob: float, like: torch.Tensor) -> torch.Tensor:
+    """Tensor[paths, batch]: per path and example, 0 (dropped with probability ``drop_prob``) or ``1 / keep``;
+    one draw for all the paths of a cell, so the per-edge and the batched cell drop the same examples."""
+    keep = 1.0 - drop_prob
+    return torch.empty(paths, batch, device=like.device, dtype=like.dtype).bernoulli_(keep).div_(keep)
+
+
 class ReLUConvBN(nn.Module):
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, dilation=1):
         super().__init__()
