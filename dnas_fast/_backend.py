@@ -46,19 +46,21 @@ def known_backends() -> list[str]:
     return ["auto", *_BACKENDS.names()]
 
 
-def available_backends(device: torch.device | str) -> list[str]:
-    """The registered backends that run on ``device`` (highest ``auto`` priority first; ``reference`` last)."""
+def _by_priority(device: torch.device) -> list[Backend]:
+    """The backends that run on ``device``, highest ``auto`` priority first (ties: registration order)."""
     _load_optional_backends()
-    device = torch.device(device)
-    usable = [b for b in _BACKENDS if b.available(device)]
-    return [b.name for b in sorted(usable, key=lambda b: -b.priority)]
+    return sorted((b for b in _BACKENDS if b.available(device)), key=lambda b: -b.priority)
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """The registered backends that run on ``device`` (highest ``auto`` priority first)."""
+    return [b.name for b in _by_priority(torch.device(device))]
 
 
 def auto_choice(device: torch.device | str) -> str:
     """The backend ``auto`` picks on ``device`` for an edge that every backend supports (benchmarks' "fused")."""
-    _load_optional_backends()
     device = torch.device(device)
-    return max((b for b in _BACKENDS if b.available(device) and b.auto_on(device)), key=lambda b: b.priority).name
+    return next(b.name for b in _by_priority(device) if b.auto_on(device))
 
 
 def _load_optional_backends() -> None:
@@ -79,12 +81,11 @@ def resolve_backend(requested: str | None, device: torch.device, edge) -> Backen
 
 
 def _resolve(name: str, device: torch.device, edge) -> Backend:
-    _load_optional_backends()
     if name == "auto":
-        usable = [b for b in _BACKENDS if b.available(device) and b.auto_on(device) and b.supports(edge)]
-        backend = max(usable, key=lambda b: b.priority)
+        backend = next(b for b in _by_priority(device) if b.auto_on(device) and b.supports(edge))
         _announce(backend, device)
         return backend
+    _load_optional_backends()
     backend = _BACKENDS[name]
     if not backend.available(device):
         raise RuntimeError(f"backend {name!r} was requested but is not available on device {device}")

@@ -46,12 +46,13 @@ def _triton():
     return triton_kernels
 
 
-def _ext_available(device_type: str):
-    def available(device) -> bool:
-        ext = _ext()
-        return torch.device(device).type == device_type and ext is not None and ext.available(device)
+def _ext_runs_on(device) -> bool:
+    ext = _ext()
+    return ext is not None and ext.available(device)
 
-    return available
+
+def _ext_available(device_type: str):
+    return lambda device: torch.device(device).type == device_type and _ext_runs_on(device)
 
 
 def _triton_available(device) -> bool:
@@ -72,8 +73,7 @@ def triton_prims() -> Prims:
 
 def best_prims(device) -> Prims:
     """The compiled primitives where they run on ``device``, else the plain-PyTorch ones."""
-    ext = _ext()
-    return ext_prims() if ext is not None and ext.available(device) else REF_PRIMS
+    return ext_prims() if _ext_runs_on(device) else REF_PRIMS
 
 
 def _on_cpu(device) -> bool:
