@@ -580,3 +580,22 @@ def test_cli_search_gives_valid_genotype_and_resumes_bitwise(name, tmp_path):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
     assert (tmp_path / "killed" / "genotype.txt").read_text().strip() == text
+
+
+@pytest.mark.parametrize("name,space", [("darts", "darts"), ("pc-darts", "darts"), ("darts-minus", "darts"), ("darts", "nb201")])
+def test_arch_step_computes_only_architecture_gradients(name, space):
+    """The first-order arch step skips dL_val/dw (the authors' weight step zeroes it unread) and gives the alphas
+    exactly the gradient of a full backward; the weights require grad again afterwards."""
+    strategy, model, ctx = tiny(name, space, dtype=torch.float64)
+    _, ref_model, _ = tiny(name, space, dtype=torch.float64)
+    ref_model.load_state_dict(model.state_dict())
+    x, y = batch(dtype=torch.float64)
+    arch = strategy.arch_weights("arch")
+    extra = strategy.extra_loss(arch, "arch")
+    full = F.cross_entropy(ref_model(x, arch), y) + (0 if extra is None else extra)
+    expected = torch.autograd.grad(full, strategy.arch_parameters(), allow_unused=True)
+    ctx.a_optimizer.step = lambda: None  # keep the gradients to compare
+    strategy.arch_step(ctx, (x, y), (x, y))
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    for a, g in zip(strategy.arch_parameters(), expected):
+        assert_close("dalpha", a.grad, torch.zeros_like(a) if g is None else g, atol=1e-12, rtol=1e-10)

@@ -22,6 +22,7 @@ every edge weighted by a beta decayed to 0 over the search) and ``hessian_eigenv
 of the validation-loss Hessian w.r.t. the alphas, logged per epoch).
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,20 @@ def top_k_mask(scores: torch.Tensor, k: int = 1) -> torch.Tensor:
     (``F.one_hot`` would read the indices back to check their range)."""
     idx = scores.topk(min(k, scores.shape[-1]), dim=-1).indices
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+@contextmanager
+def frozen(params):
+    """Inside the block ``params`` do not require grad, so autograd skips their gradients (a conv's weight
+    gradient is as costly as its forward); restored on exit."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def build_strategy(name: str, **hparams) -> "Strategy":
@@ -248,10 +263,10 @@ class Strategy(nn.Module):
             return dominant_hessian_eigenvalue(loss, alphas, self.hessian_iters)
 
     # ---- updates -----------------------------------------------------------------------------------
-    def loss(self, ctx: StepContext, x, y, phase: str):
+    def loss(self, ctx: StepContext, x, y, phase: str, model=None):
         arch = self.arch_weights(phase)
         with ctx.precision.autocast():
-            logits = ctx.model(x, arch)
+            logits = (model or ctx.model)(x, arch)
             loss = ctx.criterion(logits, y)
         extra = self.extra_loss(arch, phase)
         return (loss if extra is None else loss + extra), logits
@@ -260,12 +275,21 @@ class Strategy(nn.Module):
         if self.hessian_eigenvalue:
             self._last_arch_batch = (ctx, valid_batch)
 
+    def arch_backward(self, ctx: StepContext, valid_batch) -> torch.Tensor:
+        """The (scaled) gradient of the validation loss into the alphas' ``.grad``; returns the loss.
+
+        The authors' backward also fills dL_val/dw, which their weight step zeroes unread: frozen weights skip it.
+        The unwrapped module: DDP would all-reduce those weight gradients."""
+        with frozen(ctx.module.parameters()):
+            loss, _ = self.loss(ctx, *valid_batch, "arch", model=ctx.module)
+            ctx.precision.scale(loss, "arch").backward()
+        return loss
+
     def arch_step(self, ctx: StepContext, train_batch, valid_batch) -> dict:
         """First-order architecture step on the validation batch (DARTS eq. 6 with xi = 0)."""
         self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
-        loss, _ = self.loss(ctx, *valid_batch, "arch")
-        ctx.precision.scale(loss, "arch").backward()
+        loss = self.arch_backward(ctx, valid_batch)
         ctx.sync_grads(self.arch_parameters())
         ctx.precision.step("arch", ctx.a_optimizer)
         return {"arch_loss": loss.detach()}  # a tensor: no host sync per step

@@ -132,10 +132,10 @@ class Snas(Strategy):
         }
 
     # ---- resource constraint -----------------------------------------------------------------------
-    def loss(self, ctx, x, y, phase):
+    def loss(self, ctx, x, y, phase, model=None):
         if self.resource_lambda and self.costs is None:
             self.costs = self.measure_costs(ctx.module, x[:1])
-        return super().loss(ctx, x, y, phase)
+        return super().loss(ctx, x, y, phase, model)
 
     def measure_costs(self, space, x: torch.Tensor) -> dict[str, torch.Tensor]:
         device, dtype = self.alphas[next(iter(self.spec))].device, self.alphas[next(iter(self.spec))].dtype
