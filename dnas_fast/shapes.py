@@ -1,5 +1,6 @@
-"""The output shape every candidate op of an edge has, in one place for the edge, its kernels and their fake
-(shape-only) implementations: a leaf module, so the kernels need not import the edge."""
+"""The output shape every candidate op of an edge has, and the memory layout of new tensors, in one place for the
+edge, its kernels and their fake (shape-only) implementations: a leaf module, so the kernels need not import the
+edge."""
 
 import torch
 
@@ -9,3 +10,18 @@ def strided_shape(x: torch.Tensor, stride: int, C: int) -> tuple:
     with padding 1, convs with 'same' padding, FactorizedReduce)."""
     N, _, H, W = x.shape
     return N, C, -(-H // stride), -(-W // stride)
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The memory format that new tensors shaped like ``t`` take: channels_last iff ``t`` is (--channels-last)."""
+    cl = torch.channels_last
+    return cl if t.is_contiguous(memory_format=cl) and not t.is_contiguous() else torch.contiguous_format
+
+
+def empty_spatial_inner(like: torch.Tensor, shape, channels_last: bool) -> torch.Tensor:
+    """An empty ``(N, *middle, H, W)`` tensor. With ``channels_last`` its memory order is ``N, H, W, *middle``, so
+    every ``[N, C, H, W]`` slice of it is channels_last-strided and merging the middle dims is a view."""
+    if not channels_last:
+        return like.new_empty(shape)
+    N, *middle, H, W = shape
+    return like.new_empty((N, H, W, *middle)).permute(0, *range(3, len(shape)), 1, 2)

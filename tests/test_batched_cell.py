@@ -60,13 +60,25 @@ def step(space, arch, x, y):
     return logits.detach(), grads, {n: b.clone() for n, b in space.named_buffers()}
 
 
-def check_same(net, monkeypatch, **arch_kw):
+def check_same(net, monkeypatch, layout=torch.contiguous_format, **arch_kw):
+    """The batched network (in ``layout``) against the contiguous reference; with channels_last every block reads
+    channels_last states and writes its [N, E, C, H, W] output in memory order N, H, W, E, C."""
     monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     ref, bat = make(net)
     set_backend(bat, "batched")
+    bat.to(memory_format=layout)
     calls = []
     real = batched_cell.BlockFunction.apply
-    monkeypatch.setattr(batched_cell.BlockFunction, "apply", lambda *a: calls.append(1) or real(*a))
+
+    def apply(*args):
+        out = real(*args)
+        cl = layout == torch.channels_last
+        calls.append(
+            [args[1].is_contiguous(memory_format=layout), (out.permute(0, 3, 4, 1, 2) if cl else out).is_contiguous()]
+        )
+        return out
+
+    monkeypatch.setattr(batched_cell.BlockFunction, "apply", apply)
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 3, 5])
     for seed in (1, 2):  # two steps: running statistics build on each other
@@ -75,13 +87,14 @@ def check_same(net, monkeypatch, **arch_kw):
         torch.manual_seed(seed)  # the same drop-path draws (when asked for) on both paths
         out_r, g_r, b_r = step(ref, arch_r, x, y)
         torch.manual_seed(seed)
-        out_b, g_b, b_b = step(bat, arch_b, x, y)
+        out_b, g_b, b_b = step(bat, arch_b, x.contiguous(memory_format=layout), y)
         assert_close("logits", out_b, out_r, **TOL)
         for n in g_r:
             assert_close(n, g_b[n], g_r[n], **TOL)
         for n in b_r:
             assert_close(n, b_b[n], b_r[n], **TOL)
     assert calls, "the batched path did not run"
+    assert all(all(c) for c in calls), f"a block read or wrote a tensor not in {layout}"
     return bat
 
 
@@ -89,6 +102,12 @@ def check_same(net, monkeypatch, **arch_kw):
 def test_batched_equals_reference(net, monkeypatch):
     aux = net.endswith("aux")
     check_same(net, monkeypatch, aux=aux)
+
+
+@pytest.mark.parametrize("net", ["darts", "darts-pc", "nb201"])
+@pytest.mark.parametrize("mask_p", [None, 0.5], ids=["all", "masked"])
+def test_batched_channels_last_equals_reference_and_stays_channels_last(net, mask_p, monkeypatch):
+    check_same(net, monkeypatch, layout=torch.channels_last, mask_p=mask_p)
 
 
 def test_batched_drop_path_drops_what_the_per_edge_cell_drops(monkeypatch):

@@ -582,7 +582,10 @@ def test_cli_search_gives_valid_genotype_and_resumes_bitwise(name, tmp_path):
     assert (tmp_path / "killed" / "genotype.txt").read_text().strip() == text
 
 
-@pytest.mark.parametrize("name,space", [("darts", "darts"), ("pc-darts", "darts"), ("darts-minus", "darts"), ("darts", "nb201")])
+ARCH_STEP_CASES = [("darts", "darts"), ("pc-darts", "darts"), ("darts-minus", "darts"), ("darts", "nb201")]
+
+
+@pytest.mark.parametrize("name,space", ARCH_STEP_CASES)
 def test_arch_step_computes_only_architecture_gradients(name, space):
     """The first-order arch step skips dL_val/dw (the authors' weight step zeroes it unread) and gives the alphas
     exactly the gradient of a full backward; the weights require grad again afterwards."""

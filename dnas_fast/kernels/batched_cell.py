@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import _backend
 from ..precision import autocast_state, restore_autocast
-from ..shapes import strided_shape
+from ..shapes import empty_spatial_inner, memory_format_of, strided_shape
 from .backends import BATCHED
 from .edge_structure import ConvProgram, edge_spec
 
@@ -97,14 +97,18 @@ class _RunningStats:
     def __init__(self):
         self.bns, self.means, self.vars = [], [], []
 
-    def add(self, bns, h, shared):
-        """``h``: Tensor[N, n * C, H, W] (its channel blocks belong to ``bns``) or the one input of ``shared`` BNs."""
-        var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=1)  # unbiased, like nn.BatchNorm2d
-        var, mean = var.to(bns[0].running_var.dtype), mean.to(bns[0].running_mean.dtype)  # fp32 under autocast
+    def batch_norm(self, h, weight, bias, bns, shared):
+        """Training-mode BN of ``h`` (Tensor[N, n * C, H, W], its channel blocks belonging to ``bns``, or the one
+        input of ``shared`` BNs), keeping its batch statistics: the BN kernel writes them into fresh buffers with
+        momentum 1 (unbiased variance, like nn.BatchNorm2d), so no second pass over ``h`` computes them."""
+        stats = torch.zeros(2, h.shape[1], dtype=bns[0].running_mean.dtype, device=h.device)  # fp32 under autocast
+        mean, var = stats
+        out = F.batch_norm(h, mean, var, weight, bias, True, 1.0, bns[0].eps)
         n = len(bns)
         self.bns += bns
         self.means += [mean] * n if shared else list(mean.chunk(n))
         self.vars += [var] * n if shared else list(var.chunk(n))
+        return out
 
     def write(self):
         if self.bns:
@@ -117,8 +121,29 @@ class _RunningStats:
 def _stacked_bn(h, bns, it, stats):
     weight, bias = (next(it), next(it)) if bns[0].affine else (None, None)
     if stats is not None:
-        stats.add(bns, h, shared=False)
+        return stats.batch_norm(h, weight, bias, bns, shared=False)
     return F.batch_norm(h, None, None, weight, bias, True, 0.0, bns[0].eps)
+
+
+def _repeat_channels(t, n, cl):
+    """``t.repeat(1, n, 1, 1)`` in ``t``'s layout (``repeat`` itself returns NCHW)."""
+    N, C, H, W = t.shape
+    out = empty_spatial_inner(t, (N, n, C, H, W), cl)
+    out.copy_(t.unsqueeze(1).expand(N, n, C, H, W))
+    return out.flatten(1, 2)
+
+
+def _in_layout(t, cl):
+    """``t`` laid out as ``empty_spatial_inner`` makes it (a copy only when it is not)."""
+    if not cl:
+        return t.contiguous()
+    if empty_spatial_inner(t.new_empty(0, device="meta"), t.shape, True).stride() == t.stride():
+        return t
+    return empty_spatial_inner(t, t.shape, True).copy_(t)
+
+
+def _channels_last(t) -> bool:
+    return memory_format_of(t) == torch.channels_last
 
 
 def _run_stacked(programs, r, r_rep, stacked, stats):
@@ -135,7 +160,10 @@ def _run_stacked(programs, r, r_rep, stacked, stats):
             shifted = F.pad(shifted, (0, W % 2, 0, H % 2))
         a = F.conv2d(r, next(it), None, m.conv_1.stride)
         b = F.conv2d(shifted, next(it), None, m.conv_2.stride)
-        h = torch.stack([a.unflatten(1, (n, -1)), b.unflatten(1, (n, -1))], 2).flatten(1, 3)
+        N, _, Ho, Wo = a.shape
+        h = empty_spatial_inner(a, (N, n, 2, a.shape[1] // n, Ho, Wo), _channels_last(a))
+        h[:, :, 0], h[:, :, 1] = a.unflatten(1, (n, -1)), b.unflatten(1, (n, -1))
+        h = h.flatten(1, 3)
         h = _stacked_bn(h, [p.reduce.bn for p in programs], it, stats)
         return h.unflatten(1, (n, -1))
     h = None
@@ -160,7 +188,7 @@ def _pool_normalised(pool, x, stride, stats, bns):
     if pool.bn is None:
         return p
     if stats is not None:
-        stats.add(bns, p, shared=True)
+        return stats.batch_norm(p, None, None, bns, shared=True)
     return F.batch_norm(p, None, None, None, None, True, 0.0, pool.bn.eps)
 
 
@@ -262,9 +290,9 @@ def _family_output(plan, f, x_ops, x, r, reps, stacked, stats):
 
     def r_rep():
         if f.kind == "aux":
-            return inp.repeat(1, n, 1, 1)
+            return _repeat_channels(inp, n, _channels_last(inp))
         if n not in reps:
-            reps[n] = inp.repeat(1, n, 1, 1)
+            reps[n] = _repeat_channels(inp, n, _channels_last(inp))
         return reps[n]
 
     return _run_stacked(f.programs, inp, r_rep, stacked, stats)
@@ -284,7 +312,8 @@ def block_forward(plan, x, weights, aux_weight, stacked):
     E = len(plan.edges)
     x_ops = x[:, : plan.C_ops] if plan.pc > 1 else x
     N, C_o, Ho, Wo = strided_shape(x_ops, plan.stride, plan.edges[0].C_out // plan.pc)
-    acc = x_ops.new_zeros(N, E, C_o, Ho, Wo)
+    cl = _channels_last(x)  # --channels-last: every conv, BN and pool below runs channels_last too
+    acc = empty_spatial_inner(x, (N, E, C_o, Ho, Wo), cl).zero_()
     r = F.relu(x_ops) if any(f.kind == "conv" for f in plan.families) else None
     reps, stats, aux_out = {}, _RunningStats(), None
     for f, st in zip(plan.families, stacked):
@@ -303,7 +332,7 @@ def block_forward(plan, x, weights, aux_weight, stacked):
     stats.write()
     if plan.inactive is not None:
         acc.add_((weights * plan.inactive.to(weights.device, weights.dtype)).sum(1).view(1, E, 1, 1, 1))
-    out = _scatter_partial(plan, x, acc) if plan.pc > 1 else acc
+    out = _scatter_partial(plan, x, acc, cl) if plan.pc > 1 else acc
     if plan.aux == "skip":
         out.add_(x.unsqueeze(1) * aux_weight)
     elif aux_out is not None:
@@ -316,11 +345,11 @@ def _bypass(plan, x):
     return F.max_pool2d(b, 2, 2, ceil_mode=True) if plan.stride == 2 else b
 
 
-def _scatter_partial(plan, x, acc):
+def _scatter_partial(plan, x, acc, cl):
     """Per edge cat([acc_e, bypass]) in PC-DARTS channel-shuffled order (the bypass is shared by the block)."""
     N, E, Co, Ho, Wo = acc.shape
     K = plan.pc
-    out = acc.new_empty(N, E, Co * K, Ho, Wo)
+    out = empty_spatial_inner(acc, (N, E, Co * K, Ho, Wo), cl)
     out6 = out.view(N, E, Co, K, Ho, Wo)
     out6[:, :, :, 0] = acc
     out6[:, :, :, 1:] = _bypass(plan, x).reshape(N, K - 1, Co, Ho, Wo).transpose(1, 2).unsqueeze(1)
@@ -330,7 +359,8 @@ def _scatter_partial(plan, x, acc):
 def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
     """dL/dx, dL/dweights [E, K], dL/daux, dL/d(stacked) (per family, per slot; None where not needed)."""
     E = len(plan.edges)
-    g = g.contiguous()
+    cl = _channels_last(x)
+    g = _in_layout(g, cl)
     dW = torch.zeros_like(weights)
     daux = None
     dx = None
@@ -342,8 +372,9 @@ def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
         N, _, C, Ho, Wo = g.shape
         K, Co = plan.pc, plan.C_ops
         g6 = g.view(N, E, Co, K, Ho, Wo)
-        g_ops = g6[:, :, :, 0].contiguous()
+        g_ops = _in_layout(g6[:, :, :, 0], cl)
         g_byp = g6[:, :, :, 1:].sum(1).transpose(1, 2).reshape(N, C - Co, Ho, Wo)
+        g_byp = g_byp.contiguous(memory_format=memory_format_of(x))
         if plan.stride == 2:
             with torch.enable_grad():
                 xb = x[:, Co:].detach().requires_grad_()
@@ -372,14 +403,14 @@ def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
             inp_leaf = r
         else:
             if n not in reps:
-                reps[n] = r.detach().repeat(1, n, 1, 1).requires_grad_()
+                reps[n] = _repeat_channels(r.detach(), n, cl).requires_grad_()
             inp_leaf = reps[n]
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(need) for t, need in zip(st, needs[len(dstacked)])]
             y = _family_output(plan, f, x_leaf, inp_leaf, r, reps, leaves, None)
         gf = g if f.kind == "aux" else g_ops
         if idx is not None:
-            gf = gf.index_select(1, idx)
+            gf = _in_layout(gf.index_select(1, idx), cl)
         w = _weights_of(plan, f, weights, aux_weight)
         shared = y.dim() == 4
         yd = y.detach()
@@ -493,5 +524,6 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
             out = out * path_scales[rows].t().reshape(out.shape[0], len(rows), 1, 1, 1).to(out.dtype)
         acc = out if acc is None else acc[:, acc.shape[1] - out.shape[1] :] + out
         if s + 1 >= n_init:
-            states.append(acc[:, 0].contiguous())  # a copy: a view would keep the whole accumulator alive
+            # a copy: a view would keep the whole accumulator alive
+            states.append(acc[:, 0].contiguous(memory_format=memory_format_of(states[s])))
     return states

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..mixed_edge import MixedEdge, active_ops
 from ..precision import autocast_state, restore_autocast
-from ..shapes import strided_shape
+from ..shapes import memory_format_of, strided_shape
 from . import pool_combine_ref
 from .edge_structure import ConvProgram, EdgeSpec, edge_spec, uses_batch_stats
 from .pool_combine_ref import Prims
@@ -98,12 +98,6 @@ def _inner(a, b):
 def _dense(t):
     cl = torch.channels_last
     return t if t.is_contiguous() or t.is_contiguous(memory_format=cl) else t.contiguous()
-
-
-def _layout(t):
-    """The memory format that new tensors shaped like ``t`` take: channels_last iff ``t`` is (--channels-last)."""
-    cl = torch.channels_last
-    return cl if t.is_contiguous(memory_format=cl) and not t.is_contiguous() else torch.contiguous_format
 
 
 def _relu_backward(grad, x):
@@ -205,7 +199,7 @@ def _scatter_partial(plan, x, acc):
     if plan.stride == 2:
         bypass = F.max_pool2d(bypass, 2, 2, ceil_mode=True)
     Ho, Wo = acc.shape[-2:]
-    out = torch.empty((N, C, Ho, Wo), dtype=acc.dtype, device=acc.device, memory_format=_layout(x))
+    out = torch.empty((N, C, Ho, Wo), dtype=acc.dtype, device=acc.device, memory_format=memory_format_of(x))
     out5 = out.view(N, Co, K, Ho, Wo)  # shuffle: cat channel i * Co + j -> output channel j * K + i
     out5[:, :, 0] = acc
     out5[:, :, 1:] = bypass.reshape(N, K - 1, Co, Ho, Wo).transpose(1, 2)
@@ -218,7 +212,7 @@ def _split_partial(plan, x, g):
     K, Co = plan.pc, plan.C_ops
     Ho, Wo = g.shape[-2:]
     g5 = g.view(N, Co, K, Ho, Wo)
-    g_ops = g5[:, :, 0].contiguous(memory_format=_layout(g))
+    g_ops = g5[:, :, 0].contiguous(memory_format=memory_format_of(g))
     g_bypass = g5[:, :, 1:].transpose(1, 2).reshape(N, C - Co, Ho, Wo)
     if plan.stride == 1:
         return g_ops, g_bypass
@@ -299,7 +293,7 @@ def fused_backward(plan: _Plan, g, x, weights, aux_weight, bn_stats, params, nee
     if dx_ops is None:
         dx_ops = torch.zeros_like(x_ops)
     if plan.pc > 1:
-        dx = torch.empty_like(x, memory_format=_layout(x))
+        dx = torch.empty_like(x, memory_format=memory_format_of(x))
         dx[:, : plan.C_ops] = dx_ops
         dx[:, plan.C_ops :] = dx_bypass
     else:
