@@ -4,10 +4,13 @@
 1. ``correctness``: the GPU tests (``pytest -m cuda``: every fused backend against the reference, bf16/fp16
    steps, the Triton ops under torch.compile), log in ``...-correctness.log``;
 2. ``search``: one DARTS search step (8 cells, C=16, 32x32, first order) per provider (naive, checkpoint per edge,
-   every fused backend incl. ``batched``) at batch 16, 64 and 256: time, allocator peak, saved bytes; then the
-   largest batch of naive, the ``auto`` pick and ``batched`` (bisection capped at 65536), the samples/s at each
-   provider's best batch, and the projected wall time of the DARTS paper's CIFAR-10 search (50 epochs over a
-   25k/25k split, first order, batch 64);
+   every fused backend incl. ``batched``, and ``batched+graph``: the whole step captured as a CUDA graph) at batch
+   16, 64 and 256: time, allocator peak, saved bytes, ``ready_s`` (build plus the calls before the steady step:
+   warm-ups and capture); then the largest batch of naive, the ``auto`` pick and ``batched`` (bisection capped at
+   65536), the samples/s at each provider's best batch, and the projected wall time of the DARTS paper's CIFAR-10
+   search (50 epochs over a 25k/25k split, first order, batch 64); last ``batched+compile``
+   (``torch.compile(mode="reduce-overhead")`` of the step) at batch 16 and 64, whose compilation may run into the
+   part's time limit;
 3. ``edge``: the per-edge table (``bench/bench_edge.py --quick``);
 4. ``combine``: the Triton parameter-free combine against the HBM roofline (``bench/bench_pool_combine.py``).
 
@@ -31,6 +34,25 @@ REPO = RESULTS.parent.parent
 SEARCH_BATCHES = (16, 64, 256)
 MAX_BATCH_CAP = 65536
 DARTS_SEARCH = {"epochs": 50, "train_images": 25_000, "batch": 64}  # the DARTS paper's CIFAR-10 search
+COMPILE_BATCHES = (16, 64)  # the batches of the step-time targets; compiling costs minutes, so no more
+# torch.compile(mode="reduce-overhead") compiles on the first call, records its CUDA graph on the second and
+# replays from the third
+COMPILE_READY_CALLS = 3
+
+
+def ready_step(cfg: dict, device):
+    """(step, seconds from building it to its steady state) of ``cfg``'s provider, ``backend[+capture]``."""
+    from dnas_fast.bench_edge import build_search_step
+    from dnas_fast.cuda_graphs import WARMUP_STEPS
+
+    backend, _, capture = cfg["provider"].partition("+")
+    calls = {"": 1, "graph": WARMUP_STEPS + 1, "compile": COMPILE_READY_CALLS}[capture]  # until the steady step
+    start = time.perf_counter()
+    step = build_search_step({**cfg, "provider": backend, "capture": capture or None})
+    for _ in range(calls):
+        step()
+    torch.cuda.synchronize(device)
+    return step, time.perf_counter() - start
 
 
 def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_CAP) -> None:
@@ -40,24 +62,27 @@ def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_
 
     device = torch.device(device)
     fused = fused_backends(device)
-    providers = ["naive", "checkpoint", *fused]
+    providers = ["naive", "checkpoint", *fused, "batched+graph"]
     meta, rows, out = run_meta(device), [], Path(f"{prefix}-search.csv")
+
+    def search_row(p: str, batch: int) -> None:
+        cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": 1, "device": str(device), "provider": p}
+        row = {"bench": "search", "provider": p, "batch": batch}
+        try:
+            step, row["ready_s"] = ready_step(cfg, device)
+            row["saved_mb_per_sample"] = search_step_saved_bytes(step) / batch / 2**20
+            row["peak_alloc_mb"] = cuda_peak_mb(device, step)
+            row.update(time_interleaved({p: timer(step, device)}, device, min_reps=3, budget_s=3)[p])
+            row["samples_per_s"] = batch / row["median_ms"] * 1e3
+        except Exception as err:  # an OOM or an unsupported provider: record it and go on
+            row["note"] = f"{type(err).__name__}: {str(err)[:160]}"
+        rows.append({**row, **meta})
+        print(row, flush=True)
+        write_rows(rows, out)
+
     for batch in batches:
         for p in providers:
-            cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": 1, "device": str(device), "provider": p}
-            row = {"bench": "search", "provider": p, "batch": batch}
-            try:
-                step = build_search_step(cfg)
-                row["saved_mb_per_sample"] = search_step_saved_bytes(step) / batch / 2**20
-                step()
-                row["peak_alloc_mb"] = cuda_peak_mb(device, step)
-                row.update(time_interleaved({p: timer(step, device)}, device, min_reps=3, budget_s=3)[p])
-                row["samples_per_s"] = batch / row["median_ms"] * 1e3
-            except Exception as err:  # an OOM or an unsupported provider: record it and go on
-                row["note"] = f"{type(err).__name__}: {str(err)[:160]}"
-            rows.append({**row, **meta})
-            print(row, flush=True)
-            write_rows(rows, out)
+            search_row(p, batch)
     for p in dict.fromkeys(["naive", _backend.auto_choice(device), "batched"]):
         cfg = {"C": 16, "layers": 8, "H": 32, "order": 1, "device": str(device), "provider": p}
         t0 = time.perf_counter()
@@ -85,6 +110,8 @@ def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_
                      **meta})  # fmt: skip
         print(rows[-1], flush=True)
     write_rows(rows, out)
+    for batch in [b for b in COMPILE_BATCHES if b in batches] or batches[:1]:
+        search_row("batched+compile", batch)
 
 
 def run_part(name: str, cmd: list, log: Path, timeout: float) -> None:

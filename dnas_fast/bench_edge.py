@@ -168,7 +168,11 @@ def _timed(mode, fn, edge, x, w, mask, g, device):
 
 def build_search_step(cfg: dict):
     """A first- or second-order DARTS step (arch step on a validation batch, then a weight step) on the DARTS
-    supernet (``layers`` cells, ``C`` channels, ``H`` x ``H`` inputs) with every edge on ``provider``."""
+    supernet (``layers`` cells, ``C`` channels, ``H`` x ``H`` inputs) with every edge on ``provider``.
+
+    ``capture``: None (eager), ``"graph"`` (:class:`~dnas_fast.cuda_graphs.CapturedStep`: its first
+    ``WARMUP_STEPS`` calls warm up, the next captures) or ``"compile"`` (``torch.compile(mode="reduce-overhead")``
+    of the whole step: CUDA graphs of the compiled regions)."""
     from .precision import Precision
     from .spaces import build_space
     from .strategies import StepContext, build_strategy
@@ -199,9 +203,26 @@ def build_search_step(cfg: dict):
 
     train, valid = batch(), batch()
 
-    def step():
+    def search_step(ctx, train, valid):
         strategy.arch_step(ctx, train, valid)
-        strategy.weight_step(ctx, train)
+        return strategy.weight_step(ctx, train)
+
+    capture = cfg.get("capture")
+    if capture is not None and device.type != "cuda":
+        raise ValueError(f"capture {capture!r} needs a CUDA device, got {device}")
+    if capture == "graph":
+        from .cuda_graphs import CapturedStep
+
+        run = CapturedStep(search_step, w_opt, ctx.a_optimizer, batch_size=N)
+    elif capture == "compile":
+        run = torch.compile(search_step, mode="reduce-overhead")
+    elif capture is None:
+        run = search_step
+    else:
+        raise ValueError(f"capture must be None, 'graph' or 'compile', got {capture!r}")
+
+    def step():
+        run(ctx, train, valid)
 
     step.space, step.strategy, step.train, step.ctx = space, strategy, train, ctx
     step.report = lambda: {"saved_bytes": search_step_saved_bytes(step)}  # measured by ``child_peak_rss``

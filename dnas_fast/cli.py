@@ -61,7 +61,8 @@ SEARCH_FLAGS = {
 }  # fmt: skip
 
 
-RESUME_MAY_CHANGE = ("device", "num_workers", "checkpoint_every")  # how a run executes, not what it computes
+# how a run executes, not what it computes
+RESUME_MAY_CHANGE = ("device", "num_workers", "checkpoint_every", "cuda_graphs")
 
 
 def add_search_parser(sub):
@@ -71,6 +72,7 @@ def add_search_parser(sub):
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
     p.add_argument("--channels-last", action="store_true", default=None, help="network and batches channels_last")
     p.add_argument("--scale-lr", action="store_true", default=None, help="lr x batch / the strategy's reference batch")
+    p.add_argument("--cuda-graphs", action="store_true", default=None, help="capture the search step as a CUDA graph")
     p.add_argument("--config", help="JSON or TOML file with SearchConfig fields; flags override it")
     p.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
@@ -84,7 +86,7 @@ def add_search_parser(sub):
 def search_config(args):
     from .search import SearchConfig, config_from_checkpoint
 
-    names = [*SEARCH_FLAGS, "deterministic", "channels_last", "scale_lr"]
+    names = [*SEARCH_FLAGS, "deterministic", "channels_last", "scale_lr", "cuda_graphs"]
     typed = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     for flag in ("latency_target", "latency_table"):
         if getattr(args, flag) is not None:
@@ -103,6 +105,17 @@ def search_config(args):
     return SearchConfig.from_dict(values)
 
 
+def show_log(name: str) -> None:
+    """Print the INFO (and higher) lines of logger ``name`` to stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+
+
 def cmd_search(args) -> int:
     import torch
 
@@ -112,6 +125,8 @@ def cmd_search(args) -> int:
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR")
     config = search_config(args)
+    if config.cuda_graphs:
+        show_log("dnas_fast.cuda_graphs")  # the capture time is an info line
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or f"runs/{config.space}-{config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"

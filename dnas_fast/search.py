@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import autobatch, distributed
+from . import autobatch, cuda_graphs, distributed
 from .checkpoint import (
     FORMAT,
     CheckpointError,
@@ -84,6 +84,7 @@ class SearchConfig:
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast of the forward; fp16 adds loss scaling)
     channels_last: bool = False  # network and batches in torch.channels_last
     checkpoint_every: str | None = None  # also checkpoint mid-epoch: every N steps ("500") or minutes ("10m")
+    cuda_graphs: bool = False  # capture the search step as a CUDA graph and replay it (dnas_fast.cuda_graphs)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SearchConfig":
@@ -114,6 +115,8 @@ class SearchConfig:
         CheckpointCadence.parse(self.checkpoint_every)  # raises on a malformed cadence
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.cuda_graphs and self.device != "auto" and torch.device(self.device).type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device, got device {self.device!r}")
         for name in ("space_args", "strategy_args", "data_args"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -232,6 +235,7 @@ class Searcher:
         if world_size > 1 and self.cadence.seconds is not None:  # ranks' clocks differ: they would save apart
             raise ValueError("under torchrun, checkpoint_every must count steps (e.g. 500), not minutes")
         self.guard = DivergenceGuard(self.device)
+        self.captured = cuda_graphs.captured_step(self) if config.cuda_graphs else None
 
     def build_data(self, config: SearchConfig, batch_size: int):
         return search_data(config, batch_size, self.rank, self.world_size)
@@ -394,7 +398,14 @@ class Searcher:
 
     def search_step(self, ctx: StepContext, train_batch, valid_batch):
         """One step: the architecture update on ``valid_batch`` (None: none now), then the weight update;
-        returns (loss, logits) of the weight update."""
+        returns (loss, logits) of the weight update (a captured step's static outputs: the next step overwrites
+        them)."""
+        loss, logits = (self.captured or self.device_step)(ctx, train_batch, valid_batch)
+        self.guard.step()  # outside any graph: its host count must advance every step
+        return loss, logits
+
+    def device_step(self, ctx: StepContext, train_batch, valid_batch):
+        """The step's device work, what ``cuda_graphs`` captures: both updates and the guard's checks."""
         if valid_batch is not None:
             arch_loss = self.strategy.arch_step(ctx, train_batch, valid_batch).get("arch_loss")
             if arch_loss is not None:
@@ -402,7 +413,6 @@ class Searcher:
         loss, logits = self.strategy.weight_step(ctx, train_batch)
         self.guard.watch("loss", loss)
         self.guard.watch_parameters("architecture parameters", self.strategy.arch_parameters())
-        self.guard.step()
         return loss, logits
 
     def stop_if_preempted(self) -> None:
