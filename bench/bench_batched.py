@@ -1,6 +1,7 @@
 """Cell-level batched execution vs the naive per-op loop and the fused per-edge path, same run, interleaved:
 * ``tiny``: the overhead-bound case (DARTS network C=4, 5 cells, 8x8 input, batch 2, forward+backward);
-* ``step``: one first-order DARTS search step (8 cells, C=16, 32x32, batch 64) and a second-order one (batch 16);
+* ``step``: one first-order DARTS search step (8 cells, C=16, 32x32, batch 64) and a second-order one (batch 16),
+  each also with the network and batches channels_last (``+cl``);
 * bytes saved for backward per sample by one training forward of the 8-cell network.
 
 python bench/bench_batched.py --out bench/results/batched-cpu.csv [--threads 2] [--cases tiny step saved]
@@ -18,6 +19,9 @@ from dnas_fast.bench_edge import build_search_step, search_step_saved_bytes
 from dnas_fast.benchmark import bench_parser, run_meta, time_interleaved, timer, write_rows
 
 PROVIDERS = ("naive", "cpu", "batched")
+# the search step also in --channels-last, where CPU depthwise convs are several times faster
+STEP_PROVIDERS = {"naive": ("naive", False), "naive+cl": ("naive", True), "cpu": ("cpu", False),
+                  "batched": ("batched", False), "batched+cl": ("batched", True)}  # fmt: skip
 STEP_CASES = ((64, 1), (16, 2))  # (batch, DARTS order)
 
 
@@ -64,7 +68,10 @@ def run(cases, budget_s) -> list[dict]:
     if "step" in cases:
         for batch, order in STEP_CASES:
             cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": order}
-            runners = {p: timer(build_search_step({**cfg, "provider": p}), "cpu") for p in PROVIDERS}
+            runners = {
+                name: timer(build_search_step({**cfg, "provider": p, "channels_last": cl}), "cpu")
+                for name, (p, cl) in STEP_PROVIDERS.items()
+            }
             stats = time_interleaved(runners, "cpu", warmup=1, min_reps=2, max_reps=2, budget_s=0)
             rows += _rows("search_step", stats, meta, **cfg)
     if "saved" in cases:
