@@ -18,10 +18,12 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return cl if t.is_contiguous(memory_format=cl) and not t.is_contiguous() else torch.contiguous_format
 
 
-def empty_spatial_inner(like: torch.Tensor, shape, channels_last: bool) -> torch.Tensor:
-    """An empty ``(N, *middle, H, W)`` tensor. With ``channels_last`` its memory order is ``N, H, W, *middle``, so
-    every ``[N, C, H, W]`` slice of it is channels_last-strided and merging the middle dims is a view."""
+def empty_spatial_inner(like: torch.Tensor, shape, channels_last: bool, zeros: bool = False) -> torch.Tensor:
+    """An empty (or ``zeros``) ``(N, *middle, H, W)`` tensor. With ``channels_last`` its memory order is ``N, H, W,
+    *middle``, so every ``[N, C, H, W]`` slice of it is channels_last-strided and merging the middle dims is a
+    view."""
+    new = like.new_zeros if zeros else like.new_empty
     if not channels_last:
-        return like.new_empty(shape)
+        return new(shape)
     N, *middle, H, W = shape
-    return like.new_empty((N, H, W, *middle)).permute(0, *range(3, len(shape)), 1, 2)
+    return new((N, H, W, *middle)).permute(0, *range(3, len(shape)), 1, 2)

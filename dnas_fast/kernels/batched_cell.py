@@ -125,12 +125,17 @@ def _stacked_bn(h, bns, it, stats):
     return F.batch_norm(h, None, None, weight, bias, True, 0.0, bns[0].eps)
 
 
+def _nhwc(t):
+    return t.permute(0, 2, 3, 1)  # a channels_last tensor's dense view
+
+
+def _nchw(t):
+    return t.permute(0, 3, 1, 2)
+
+
 def _repeat_channels(t, n, cl):
-    """``t.repeat(1, n, 1, 1)`` in ``t``'s layout (``repeat`` itself returns NCHW)."""
-    N, C, H, W = t.shape
-    out = empty_spatial_inner(t, (N, n, C, H, W), cl)
-    out.copy_(t.unsqueeze(1).expand(N, n, C, H, W))
-    return out.flatten(1, 2)
+    """``t.repeat(1, n, 1, 1)`` in ``t``'s layout (``repeat`` itself returns NCHW); one op either way."""
+    return _nchw(_nhwc(t).repeat(1, 1, 1, n)) if cl else t.repeat(1, n, 1, 1)
 
 
 def _in_layout(t, cl):
@@ -160,10 +165,10 @@ def _run_stacked(programs, r, r_rep, stacked, stats):
             shifted = F.pad(shifted, (0, W % 2, 0, H % 2))
         a = F.conv2d(r, next(it), None, m.conv_1.stride)
         b = F.conv2d(shifted, next(it), None, m.conv_2.stride)
-        N, _, Ho, Wo = a.shape
-        h = empty_spatial_inner(a, (N, n, 2, a.shape[1] // n, Ho, Wo), _channels_last(a))
-        h[:, :, 0], h[:, :, 1] = a.unflatten(1, (n, -1)), b.unflatten(1, (n, -1))
-        h = h.flatten(1, 3)
+        if _channels_last(a):  # the same interleave in the dense NHWC view: the output stays channels_last
+            h = _nchw(torch.stack([_nhwc(a).unflatten(3, (n, -1)), _nhwc(b).unflatten(3, (n, -1))], 4).flatten(3))
+        else:
+            h = torch.stack([a.unflatten(1, (n, -1)), b.unflatten(1, (n, -1))], 2).flatten(1, 3)
         h = _stacked_bn(h, [p.reduce.bn for p in programs], it, stats)
         return h.unflatten(1, (n, -1))
     h = None
@@ -313,7 +318,7 @@ def block_forward(plan, x, weights, aux_weight, stacked):
     x_ops = x[:, : plan.C_ops] if plan.pc > 1 else x
     N, C_o, Ho, Wo = strided_shape(x_ops, plan.stride, plan.edges[0].C_out // plan.pc)
     cl = _channels_last(x)  # --channels-last: every conv, BN and pool below runs channels_last too
-    acc = empty_spatial_inner(x, (N, E, C_o, Ho, Wo), cl).zero_()
+    acc = empty_spatial_inner(x, (N, E, C_o, Ho, Wo), cl, zeros=True)
     r = F.relu(x_ops) if any(f.kind == "conv" for f in plan.families) else None
     reps, stats, aux_out = {}, _RunningStats(), None
     for f, st in zip(plan.families, stacked):
