@@ -153,6 +153,12 @@ class CapturedStep:
         with device_lr_sgd(self.w_optimizer, self.lr), capturable_adam(self.a_optimizer):
             yield dataclasses.replace(ctx, lr=self.lr)
 
+    def side(self) -> "torch.cuda.Stream":
+        """The one side stream of the warm-ups and the captures, made on first use."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.lr.device)
+        return self.stream
+
     @contextmanager
     def side_stream(self):
         """Run the block on the side stream, ordered after and before the current stream's work (the CPU of the
@@ -160,11 +166,11 @@ class CapturedStep:
         if self.lr.device.type != "cuda":
             yield
             return
-        self.stream = self.stream or torch.cuda.Stream(self.lr.device)
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
+        stream = self.side()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
             yield
-        torch.cuda.current_stream().wait_stream(self.stream)
+        torch.cuda.current_stream().wait_stream(stream)
 
     def warm_up(self, ctx, train_batch, valid_batch):
         with self.side_stream(), self.graph_settings(ctx) as graph_ctx:
@@ -183,8 +189,7 @@ class CapturedStep:
     def capture(self, run: Callable) -> tuple[Callable[[], None], tuple]:
         """(replay, static outputs) of ``run`` captured into a CUDA graph with its own memory pool."""
         graph = torch.cuda.CUDAGraph()
-        self.stream = self.stream or torch.cuda.Stream(self.lr.device)
-        with torch.cuda.graph(graph, stream=self.stream):
+        with torch.cuda.graph(graph, stream=self.side()):
             outputs = run()
         return graph.replay, outputs
 

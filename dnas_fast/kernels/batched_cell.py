@@ -142,7 +142,7 @@ def _in_layout(t, cl):
     """``t`` laid out as ``empty_spatial_inner`` makes it (a copy only when it is not)."""
     if not cl:
         return t.contiguous()
-    if empty_spatial_inner(t.new_empty(0, device="meta"), t.shape, True).stride() == t.stride():
+    if t.permute(0, -2, -1, *range(1, t.dim() - 2)).is_contiguous():  # memory order N, H, W, *middle already
         return t
     return empty_spatial_inner(t, t.shape, True).copy_(t)
 

@@ -266,7 +266,7 @@ class Strategy(nn.Module):
     def loss(self, ctx: StepContext, x, y, phase: str, model=None):
         arch = self.arch_weights(phase)
         with ctx.precision.autocast():
-            logits = (model or ctx.model)(x, arch)
+            logits = (ctx.model if model is None else model)(x, arch)
             loss = ctx.criterion(logits, y)
         extra = self.extra_loss(arch, phase)
         return (loss if extra is None else loss + extra), logits
