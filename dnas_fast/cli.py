@@ -62,7 +62,7 @@ SEARCH_FLAGS = {
 
 
 # how a run executes, not what it computes
-RESUME_MAY_CHANGE = ("device", "num_workers", "checkpoint_every", "cuda_graphs")
+RESUME_MAY_CHANGE = ("device", "num_workers", "checkpoint_every", "cuda_graphs", "channels_last")
 
 
 def add_search_parser(sub):
@@ -70,7 +70,8 @@ def add_search_parser(sub):
     for name, kind in SEARCH_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms")
-    p.add_argument("--channels-last", action="store_true", default=None, help="network and batches channels_last")
+    p.add_argument("--channels-last", nargs="?", const=True, type=_bool_arg, default=None,
+                   help="network and batches channels_last (default: on CPU)")  # fmt: skip
     p.add_argument("--scale-lr", action="store_true", default=None, help="lr x batch / the strategy's reference batch")
     p.add_argument("--cuda-graphs", action="store_true", default=None, help="capture the search step as a CUDA graph")
     p.add_argument("--config", help="JSON or TOML file with SearchConfig fields; flags override it")

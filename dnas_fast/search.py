@@ -42,6 +42,7 @@ from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard
 from .precision import PRECISIONS, Precision
 from .preemption import CheckpointCadence, Preempted, PreemptionSignals
+from .shapes import channels_last_default
 from .spaces import build_space
 from .strategies import StepContext, build_strategy
 from .strategies.base import weight_optimizer
@@ -82,7 +83,7 @@ class SearchConfig:
     max_steps_per_epoch: int | None = None
     num_workers: int = 0
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast of the forward; fp16 adds loss scaling)
-    channels_last: bool = False  # network and batches in torch.channels_last
+    channels_last: bool | None = None  # network and batches in torch.channels_last; None: the device's default
     checkpoint_every: str | None = None  # also checkpoint mid-epoch: every N steps ("500") or minutes ("10m")
     cuda_graphs: bool = False  # capture the search step as a CUDA graph and replay it (dnas_fast.cuda_graphs)
 
@@ -197,6 +198,9 @@ class Searcher:
         with blame_args("strategy", config.strategy, config.strategy_args):
             self.strategy = build_strategy(config.strategy, **config.strategy_args)
         config, self.sources = config.resolved(config.strategy, self.strategy.loop_preset)
+        if config.channels_last is None:
+            config.channels_last = channels_last_default(self.device)
+            self.sources["channels_last"] = f"default on {self.device.type}"
         if config.valid_split == "test" and self.strategy.bilevel:  # its architecture steps would fit the test set
             raise ValueError(f"valid_split 'test' needs a single-level strategy; {config.strategy!r} is bilevel")
         self.auto_batch: autobatch.AutoBatch | None = None

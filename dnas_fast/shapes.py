@@ -18,6 +18,12 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return cl if t.is_contiguous(memory_format=cl) and not t.is_contiguous() else torch.contiguous_format
 
 
+def channels_last_default(device: torch.device) -> bool:
+    """``--channels-last`` when not given: on CPU, where oneDNN's depthwise convs run 3-10x faster channels_last
+    (bench/results/cpu-layout-probes-20261203.md); not on CUDA, where it has not been measured."""
+    return device.type == "cpu"
+
+
 def empty_spatial_inner(like: torch.Tensor, shape, channels_last: bool, zeros: bool = False) -> torch.Tensor:
     """An empty (or ``zeros``) ``(N, *middle, H, W)`` tensor. With ``channels_last`` its memory order is ``N, H, W,
     *middle``, so every ``[N, C, H, W]`` slice of it is channels_last-strided and merging the middle dims is a

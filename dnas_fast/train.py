@@ -54,6 +54,7 @@ from .genotype import (
 )
 from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
 from .precision import PRECISIONS, Precision
+from .shapes import channels_last_default
 
 FORMAT = "dnas_fast.train/1"
 FAMILIES = ("cifar", "imagenet", "nb201", "mbconv")
@@ -179,7 +180,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: the device's default (shapes.channels_last_default)
     deterministic: bool = False
     max_steps_per_epoch: int | None = None
     num_workers: int = 0
@@ -300,6 +301,9 @@ class Trainer:
         config = self.config
         self.rank, self.world_size, self.run_dir = rank, world_size, Path(run_dir)
         self.device = pick_device(config.device) if world_size == 1 else distributed.local_device(config.device)
+        if config.channels_last is None:
+            config.channels_last = channels_last_default(self.device)
+            self.sources["channels_last"] = f"default on {self.device.type}"
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -353,7 +357,7 @@ class Trainer:
         }  # fmt: skip
 
     def load(self, ckpt: dict) -> None:
-        ignore = ("device", "num_workers")
+        ignore = ("device", "num_workers", "channels_last")  # how it runs, not what it computes
         stored = {k: v for k, v in ckpt["config"].items() if k not in ignore}
         clashes = {
             k: (stored[k], v)

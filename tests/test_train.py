@@ -155,6 +155,7 @@ def test_a_derived_genotype_trains_on_digits_well_above_chance(tmp_path):
     header = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert header["settings"]["weight_decay"] == {"value": 3e-4, "source": "authors"}
     assert header["settings"]["C"] == {"value": 8, "source": "user"}
+    assert header["settings"]["channels_last"] == {"value": True, "source": "default on cpu"}
 
 
 def test_resume_is_bitwise_identical_to_a_straight_run(tmp_path):
