@@ -141,6 +141,28 @@ def test_masked_family_never_runs(monkeypatch):
     assert all(torch.isfinite(g).all() for n, g in grads.items() if "_ops.5." not in n)
 
 
+def test_block_plans_are_built_once_per_mask_and_their_cache_is_bounded(monkeypatch):
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    _, bat = make("nb201")
+    set_backend(bat, "batched")
+    built = []
+    real = batched_cell.make_block_plan
+    monkeypatch.setattr(batched_cell, "make_block_plan", lambda *a: built.append(a) or real(*a))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    arch = arch_of(bat)
+    bat(x, arch)
+    first = len(built)
+    assert first > 0
+    bat(x, arch)
+    assert len(built) == first, "an unchanged arch rebuilt its block plans"
+    monkeypatch.setattr(batched_cell, "_MAX_PLANS", 4)
+    for seed in range(6):  # a new mask each step (sampling strategies): new plans, at most _MAX_PLANS kept
+        bat(x, arch_of(bat, seed, mask_p=0.5))
+    assert len(built) > first
+    cells = [batched_cell._CELLS[m] for m in bat.modules() if m in batched_cell._CELLS]
+    assert cells and all(len(c.plans) <= 4 for c in cells)
+
+
 def test_eval_mode_falls_back_to_per_edge(monkeypatch):
     monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     ref, bat = make("darts")
