@@ -5,9 +5,12 @@ counted op is at least one kernel launch, so this is the CPU-measurable picture 
 
     python bench/bench_dispatch.py --out bench/results/dispatch-cpu.csv
 
-Counts do not depend on the batch or the spatial size, so the cases are small (batch 2, 16 x 16).
+Counts do not depend on the batch or the spatial size, so the cases are small (batch 2, 16 x 16), with one
+exception: a ``batched`` block keeps its intermediates when its input is small (``RECOMPUTE_MIN_NUMEL``), as all
+are here, and recomputes them otherwise, as at the DARTS search's sizes; ``batched-recompute`` counts that path.
 """
 
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -20,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dnas_fast import _backend
 from dnas_fast.bench_edge import fused_backends
 from dnas_fast.benchmark import bench_parser, run_meta, write_rows
+from dnas_fast.kernels import batched_cell
 
 NETWORKS = {"darts": dict(C=16, layers=8), "nb201": dict(C=16, N=5)}
 CASES = ("fwd_bwd", "step_order1", "step_order2")
@@ -42,9 +46,27 @@ class DispatchCounter(TorchDispatchMode):
         return sum(self.ops.values())
 
 
+RECOMPUTE = "batched-recompute"  # the batched blocks as they run at search sizes: every block recomputes
+
+
 def providers() -> list[str]:
     """``naive`` (the reference per-op loop) and every dnas_fast backend usable on the CPU."""
-    return ["naive", *sorted(fused_backends("cpu"))]
+    names = sorted(fused_backends("cpu"))
+    return ["naive", *names, *([RECOMPUTE] if "batched" in names else [])]
+
+
+@contextlib.contextmanager
+def block_mode(provider: str):
+    """``batched-recompute``: the batched backend with every block recomputing; any other provider as it is."""
+    if provider != RECOMPUTE:
+        yield provider
+        return
+    threshold = batched_cell.RECOMPUTE_MIN_NUMEL
+    batched_cell.RECOMPUTE_MIN_NUMEL = 0
+    try:
+        yield "batched"
+    finally:
+        batched_cell.RECOMPUTE_MIN_NUMEL = threshold
 
 
 def _build(network: str, provider: str, order: int, batch=2, H=16):
@@ -67,6 +89,11 @@ def _build(network: str, provider: str, order: int, batch=2, H=16):
 def count_case(network: str, provider: str, case: str) -> Counter:
     """Op counts of one forward+backward (``fwd_bwd``) or one search step (``step_order1`` / ``step_order2``),
     after one untimed warm-up call (caches, optimizer state)."""
+    with block_mode(provider) as backend:
+        return _count(network, backend, case)
+
+
+def _count(network: str, provider: str, case: str) -> Counter:
     order = 2 if case == "step_order2" else 1
     space, strategy, ctx, (train, valid) = _build(network, provider, order)
 

@@ -23,6 +23,14 @@ NETS = {
 }
 
 
+@pytest.fixture(autouse=True, params=["recompute", "keep"])
+def block_memory(request, monkeypatch):
+    """Every test runs both ways a block runs: recomputed in its backward (``BlockFunction``, large inputs) and
+    under autograd with its intermediates kept (small inputs)."""
+    monkeypatch.setattr(batched_cell, "RECOMPUTE_MIN_NUMEL", 0 if request.param == "recompute" else 2**62)
+    return request.param
+
+
 def make(net, **kw):
     torch.manual_seed(0)
     space = build_space(net.split("-")[0], backend="reference", **{**NETS[net], **kw}).double()
@@ -68,17 +76,17 @@ def check_same(net, monkeypatch, layout=torch.contiguous_format, **arch_kw):
     set_backend(bat, "batched")
     bat.to(memory_format=layout)
     calls = []
-    real = batched_cell.BlockFunction.apply
+    real = batched_cell.block_forward
 
-    def apply(*args):
-        out = real(*args)
+    def block_forward(plan, x, *args):
+        out = real(plan, x, *args)
         cl = layout == torch.channels_last
         calls.append(
-            [args[1].is_contiguous(memory_format=layout), (out.permute(0, 3, 4, 1, 2) if cl else out).is_contiguous()]
+            [x.is_contiguous(memory_format=layout), (out.permute(0, 3, 4, 1, 2) if cl else out).is_contiguous()]
         )
         return out
 
-    monkeypatch.setattr(batched_cell.BlockFunction, "apply", apply)
+    monkeypatch.setattr(batched_cell, "block_forward", block_forward)
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 3, 5])
     for seed in (1, 2):  # two steps: running statistics build on each other
@@ -161,6 +169,44 @@ def test_block_plans_are_built_once_per_mask_and_their_cache_is_bounded(monkeypa
     assert len(built) > first
     cells = [batched_cell._CELLS[m] for m in bat.modules() if m in batched_cell._CELLS]
     assert cells and all(len(c.plans) <= 4 for c in cells)
+
+
+def test_small_blocks_keep_intermediates_and_large_ones_recompute_with_less_saved(monkeypatch):
+    from dnas_fast.benchmark import saved_tensor_bytes
+
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    _, bat = make("darts")
+    set_backend(bat, "batched")
+    x, y = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
+    arch = arch_of(bat)
+    exclude = [*bat.parameters(), *bat.buffers(), *(a.weights for a in arch.values())]
+    seen, recomputed = [], []
+    real_forward, real_apply = batched_cell.block_forward, batched_cell.BlockFunction.apply
+
+    def block_forward(plan, x, *args):
+        seen.append(x.numel())
+        return real_forward(plan, x, *args)
+
+    def apply(*args):
+        recomputed.append(args[1].numel())
+        return real_apply(*args)
+
+    monkeypatch.setattr(batched_cell, "block_forward", block_forward)
+    monkeypatch.setattr(batched_cell.BlockFunction, "apply", apply)
+
+    def saved_with(threshold):
+        seen.clear(), recomputed.clear()
+        monkeypatch.setattr(batched_cell, "RECOMPUTE_MIN_NUMEL", threshold)
+        saved = saved_tensor_bytes(lambda: F.cross_entropy(bat(x, arch), y), exclude)
+        assert recomputed == [n for n in seen if n >= threshold], threshold
+        return saved
+
+    recompute_all = saved_with(0)
+    sizes = sorted(set(seen))
+    assert len(sizes) > 1, "the network's blocks read inputs of more than one size"
+    keep_all = saved_with(2**62)
+    saved_with(sizes[len(sizes) // 2])  # the smaller blocks keep, the larger recompute
+    assert recompute_all < 0.5 * keep_all, (recompute_all, keep_all)  # what the recompute is for
 
 
 def test_eval_mode_falls_back_to_per_edge(monkeypatch):

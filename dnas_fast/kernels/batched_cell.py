@@ -8,8 +8,8 @@ them:
       a dense first conv reads ``ReLU(x)`` with ``n * C_out`` filters, a depthwise first conv reads ``ReLU(x)``
       repeated ``n`` times with ``groups = n * C``, every later conv has ``groups * n``; the output is edge-major,
       ``[N, n * C, H, W] = [N, n, C, H, W]``. One batch-norm call normalises the stacked channels (per-channel batch
-      statistics are exactly the per-edge ones); running statistics go to each edge's own BN buffers (``var_mean``
-      + ``_foreach_lerp_``), so state_dict keys and checkpoints are unchanged;
+      statistics are exactly the per-edge ones); running statistics go to each edge's own BN buffers (the BN
+      kernel's batch statistics + ``_foreach_lerp_``), so state_dict keys and checkpoints are unchanged;
     * pools and skip are computed once per block (same input, same stride; their affine-free batch-stat BN gives the
       same numbers for every edge) and weighted per edge by one broadcast ``addcmul``;
     * the block returns ``[N, E, C_out, H', W']``, edge ``e`` feeding the block's ``e``-th target node; the cell
@@ -19,7 +19,9 @@ skip and straight-through are kept.
 
 Memory: ``BlockFunction`` stores x, the block's weights and the concatenated op parameters; the backward recomputes
 one family at a time (its intermediates freed before the next), like the fused per-edge path. The backward is not
-differentiable (second-order DARTS uses finite differences through ``functional_call``, which works).
+differentiable (second-order DARTS uses finite differences through ``functional_call``, which works). A block whose
+input has fewer than ``RECOMPUTE_MIN_NUMEL`` elements runs its forward under autograd instead and keeps the
+intermediates: that small, recomputing costs more time than it saves memory.
 
 Used by the cell forwards of the DARTS and NB-201 spaces when every edge of the cell resolves to the ``batched``
 backend and the cell is in training mode; a lone ``MixedEdge`` (``compat.MixedOp``) on ``batched`` runs the fused
@@ -292,14 +294,20 @@ def make_block_plan(edges, cell_rows, mask, straight_through, has_aux):
     return _BlockPlan(list(edges), torch.tensor(cell_rows), e0.stride, pc, e0.C // pc, families, inactive, aux)
 
 
-def _flat_params(params):
-    """All parameters of a block call in one tensor (one cat instead of one per family and slot)."""
-    return torch.cat([p.reshape(-1) for p in params]) if params else None
-
-
-def _stacked_views(plan, flat, shapes):
-    """Per family, per parameter slot: the rows' copies of that parameter concatenated along dim 0, as views of
-    ``flat`` (the slot's tensors are consecutive and have one shape)."""
+def _stacked(plan, params):
+    """Per family, per parameter slot: the rows' copies of that parameter concatenated along dim 0 (a slot's
+    tensors are consecutive in ``params`` and have one shape). Without autograd: views of one concatenation of all
+    of them (one cat). Under autograd (a block that keeps its intermediates): one cat per slot, whose backward is a
+    split; each view of the one cat would send back a zero-filled gradient the size of all the parameters."""
+    if torch.is_grad_enabled():
+        out, i = [], 0
+        for f in plan.families:
+            n = len(f.rows)
+            out.append([torch.cat(params[i + s * n : i + (s + 1) * n]) for s in range(f.slots)])
+            i += f.slots * n
+        return out
+    flat = torch.cat([p.reshape(-1) for p in params]) if params else None
+    shapes = [p.shape for p in params]
     out, i, start = [], 0, 0
     for f in plan.families:
         n = len(f.rows)
@@ -341,15 +349,16 @@ def _family_output(plan, f, x_ops, x, r, reps, stacked, stats):
     return _run_stacked(f.programs, inp, r_rep, stacked, stats)
 
 
-def _weights_of(plan, f, weights, aux_weight):
+def _weights_of(plan, f, columns, aux_weight):
+    """The family's weight per row; ``columns``: ``weights.unbind(1)`` (one op, and one backward, per block)."""
     if f.kind == "aux":
         return aux_weight.expand(len(f.rows))
-    w = weights[:, f.k]
+    w = columns[f.k]
     return w if f.index is None else w.index_select(0, plan.to(f.index, w.device))
 
 
 def block_forward(plan, x, weights, aux_weight, stacked):
-    """Tensor[N, E, C_out, H', W'] of the block's edges, keeping nothing for backward."""
+    """Tensor[N, E, C_out, H', W'] of the block's edges (keeping nothing for backward unless run under autograd)."""
     E = len(plan.edges)
     x_ops = x[:, : plan.C_ops] if plan.pc > 1 else x
     N, C_o, Ho, Wo = strided_shape(x_ops, plan.stride, plan.edges[0].C_out // plan.pc)
@@ -357,9 +366,10 @@ def block_forward(plan, x, weights, aux_weight, stacked):
     acc = empty_spatial_inner(x, (N, E, C_o, Ho, Wo), cl, zeros=True)
     r = F.relu(x_ops) if any(f.kind == "conv" for f in plan.families) else None
     reps, stats, aux_out = {}, _RunningStats(), None
+    columns = weights.unbind(1)
     for f, st in zip(plan.families, stacked):
         y = _family_output(plan, f, x_ops, x, r, reps, st, stats)
-        w = _weights_of(plan, f, weights, aux_weight).view(1, -1, 1, 1, 1)
+        w = _weights_of(plan, f, columns, aux_weight).view(1, -1, 1, 1, 1)
         if f.kind == "aux":
             aux_out = y.mul_(w)
             continue
@@ -442,6 +452,7 @@ def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
     reps = {}  # leaves: the gradient of each repeated ReLU(x) is summed back once, at the end
     x_leaf = x_ops.detach().requires_grad_()
     dstacked = []
+    columns = weights.unbind(1)
     for f, st in zip(plan.families, stacked):
         # family k is rebuilt from x and freed before family k + 1: only one family's intermediates are alive
         idx = plan.to(f.index, x.device)
@@ -462,7 +473,7 @@ def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
         gf = g if f.kind == "aux" else g_ops
         if idx is not None:
             gf = _in_layout(gf.index_select(1, idx), cl)
-        w = _weights_of(plan, f, weights, aux_weight)
+        w = _weights_of(plan, f, columns, aux_weight)
         shared = y.dim() == 4
         yd = y.detach()
         dw_f = _per_edge_dot(gf, yd.unsqueeze(1) if shared else yd, cl)
@@ -511,8 +522,7 @@ class BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan, x, weights, aux_weight, *params):
-        flat = _flat_params(params)
-        out = block_forward(plan, x, weights, aux_weight, _stacked_views(plan, flat, [p.shape for p in params]))
+        out = block_forward(plan, x, weights, aux_weight, _stacked(plan, params))
         ctx.plan, ctx.autocast = plan, autocast_state(x.device.type)  # what torch.amp.custom_fwd does, any device
         ctx.save_for_backward(x, weights, aux_weight, *params)  # references: the concatenation is redone
         return out
@@ -529,7 +539,7 @@ class BlockFunction(torch.autograd.Function):
                                "backend='reference' for higher-order gradients")  # fmt: skip
         x, weights, aux_weight, *params = ctx.saved_tensors
         plan = ctx.plan
-        stacked = _stacked_views(plan, _flat_params(params), [p.shape for p in params])
+        stacked = _stacked(plan, params)
         needs, j = [], 4
         for f in plan.families:
             n = len(f.rows)
@@ -542,6 +552,21 @@ class BlockFunction(torch.autograd.Function):
             for d in ds:
                 dparams += [None] * n if d is None else list(d.chunk(n))
         return None, dx, dW, daux, *dparams
+
+
+# A block whose input has fewer elements keeps autograd's intermediates instead of recomputing them in the backward:
+# that small, the recompute's extra calls cost more time than the memory they save. Measured on CPU (DARTS network
+# forward + backward, 2 threads, by the first block's input size), time kept / recomputed: 0.63x at 512 elements,
+# 0.76x at 8k, 0.83x at 32k, 0.94x at 64k, 1.64x at 256k; saved bytes 15-17x (docs/design.md).
+RECOMPUTE_MIN_NUMEL = 32768
+
+
+def run_block(plan, x, weights, aux_weight, params):
+    """The block's output [N, E, C_out, H', W']: recomputed in the backward (``BlockFunction``) unless ``x`` is
+    small, then under autograd like any module."""
+    if x.numel() < RECOMPUTE_MIN_NUMEL:
+        return block_forward(plan, x, weights, aux_weight, _stacked(plan, params))
+    return BlockFunction.apply(plan, x, weights, aux_weight, *params)
 
 
 # ---- the cell ------------------------------------------------------------------------------------------------------
@@ -569,7 +594,7 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
         mask = None if arch.mask is None else arch.mask[list(idx)]
         plan = _cached_plan(cell, edges, s, idx, mask, arch.straight_through, arch.aux is not None)
         rows = plan.to(plan.cell_rows, x0.device)
-        out = BlockFunction.apply(plan, states[s], arch.weights.index_select(0, rows), arch.aux, *plan.params())
+        out = run_block(plan, states[s], arch.weights.index_select(0, rows), arch.aux, plan.params())
         if path_scales is not None:  # out is [N, E, C, H, W]: one factor per example and edge
             scales = path_scales.index_select(0, rows).t()
             out = out * scales.reshape(out.shape[0], len(idx), 1, 1, 1).to(out.dtype)
