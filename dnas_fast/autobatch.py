@@ -107,6 +107,11 @@ def largest_fitting_batch(measure: Callable[[int], int | None], limit: int, cap:
         fitting = sorted(n for n, used in trials.items() if used is not None and used <= limit)
         if len(fitting) >= 2:
             x0, x1 = fitting[-2:]
+            if x1 > 4 * x0 and trials[x1] < 0.9 * (a + b * x1):
+                # the small batches' line overshot the largest fit (small batched blocks keep their intermediates,
+                # larger ones recompute): take the slope near it instead
+                fits(x1 // 2)
+                continue
             b = max((trials[x1] - trials[x0]) / (x1 - x0), 1.0)  # a step never needs less for a larger batch
             a = trials[x1] - b * x1
         predicted = math.floor((limit - a) / b) if b > 0 else cap

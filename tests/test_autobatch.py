@@ -44,6 +44,20 @@ def test_affine_memory_is_found_in_three_trials():
     assert calls == [1, 2, 100]
 
 
+def test_small_batches_off_the_line_cost_two_more_trials_not_the_answer():
+    """Batched blocks keep their intermediates below a size (batch 1 and 2 here: 4 MB more per sample) and
+    recompute above it: the line through batches 1 and 2 is too steep; the slope is taken near the largest fit."""
+    calls = []
+
+    def measure(n):
+        calls.append(n)
+        return int(100 * MB + 3 * MB * n + (4 * MB * n if n < 4 else 0))
+
+    result = largest_fitting_batch(measure, 400 * MB, cap=10_000)
+    assert result.batch == 100
+    assert len(calls) <= 5, calls
+
+
 def test_an_optimistic_model_is_bisected_down_to_a_measured_fit():
     measure, _ = affine(100 * MB, 3 * MB, oom_above=70)  # e.g. allocator fragmentation past batch 70
     result = largest_fitting_batch(measure, 400 * MB, cap=10_000)
