@@ -40,28 +40,35 @@ def plot_alpha_trajectories(records: list[dict], op_names: dict[str, list[str]],
             ax.set_title(f"{group} edge {e}", fontsize=8)
         axes[0][0].legend(fontsize=6, loc="upper left")
         fig.supxlabel("epoch")
-        fig.tight_layout()
-        path = Path(out_dir) / f"alphas_{group}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out_dir, f"alphas_{group}.png", dpi=90))
     return paths
 
 
-def plot_curves(records: list[dict], out_dir) -> Path:
+def _save(fig, out_dir, name: str, dpi: int) -> Path:
+    """Write ``fig`` to ``out_dir/name`` (making the folder) and close it."""
+    fig.tight_layout()
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _loss_and_accuracy(records: list[dict], splits, accuracy: str, out_dir) -> Path:
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for split in ("train", "valid"):
+    for split in splits:
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], marker="o", label=split)
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in records], marker="o", label=split)
     ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.set(title="accuracy", xlabel="epoch")
+    ax_acc.set(title=accuracy, xlabel="epoch")
     ax_loss.legend()
-    fig.tight_layout()
-    path = Path(out_dir) / "curves.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, "curves.png", dpi=90)
+
+
+def plot_curves(records: list[dict], out_dir) -> Path:
+    """Loss and accuracy per epoch of a search (train and valid)."""
+    return _loss_and_accuracy(records, ("train", "valid"), "accuracy", out_dir)
 
 
 NODE_STYLE = dict(ha="center", va="center", fontsize=10, zorder=3)
@@ -126,11 +133,7 @@ def plot_genotype(genotype: Genotype, out_dir, name="genotype.png") -> Path:
         concat = list(getattr(genotype, f"{cell}_concat"))
         nodes = cell_nodes(getattr(genotype, cell), edge_all)
         _draw_cell(ax, ["c_{k-2}", "c_{k-1}"], nodes, "c_{k}", concat, f"{cell} cell")
-    fig.tight_layout()
-    path = Path(out_dir) / name
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, name, dpi=110)
 
 
 def plot_nb201(arch: str, out_dir, name="cell.png") -> Path:
@@ -139,11 +142,7 @@ def plot_nb201(arch: str, out_dir, name="cell.png") -> Path:
     fig, ax = plt.subplots(figsize=(2.0 + 1.9 * (len(nodes) + 1), 4.2))
     _draw_cell(ax, ["0"], nodes, None, [], arch, first=1)
     ax.title.set_fontsize(9)
-    fig.tight_layout()
-    path = Path(out_dir) / name
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, name, dpi=110)
 
 
 def plot_mbconv(config: dict, out_dir, name="network.png", per_row: int = 8) -> Path:
@@ -169,11 +168,7 @@ def plot_mbconv(config: dict, out_dir, name="network.png", per_row: int = 8) -> 
     ax.set_ylim(-1.5 * rows + 0.9, 0.7)
     ax.set_aspect("equal")
     ax.axis("off")
-    fig.tight_layout()
-    path = Path(out_dir) / name
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out_dir, name, dpi=110)
 
 
 def plot_architecture(data, out_dir) -> list[Path]:
@@ -190,19 +185,7 @@ def plot_architecture(data, out_dir) -> list[Path]:
 
 def plot_train_curves(records: list[dict], out_dir) -> Path:
     """Loss and accuracy per epoch of a training-from-scratch run (train and test)."""
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for split in ("train", "test"):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in records], marker="o", label=split)
-        ax_acc.plot(epochs, [r[f"{split}_acc"] for r in records], marker="o", label=split)
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.set(title="top-1 accuracy", xlabel="epoch")
-    ax_loss.legend()
-    fig.tight_layout()
-    path = Path(out_dir) / "curves.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _loss_and_accuracy(records, ("train", "test"), "top-1 accuracy", out_dir)
 
 
 def plot_run(run_dir) -> list[Path]:

@@ -37,7 +37,7 @@ def test_darts_cells_read_left_to_right_with_one_clear_label_per_edge(name):
 
 
 def test_pictures_are_written(tmp_path):
-    assert plot_genotype(NAMED_GENOTYPES["DARTS_V2"], tmp_path).stat().st_size > 10_000
+    assert plot_genotype(NAMED_GENOTYPES["DARTS_V2"], tmp_path / "new" / "dir").stat().st_size > 10_000  # made
     assert plot_nb201(NB201, tmp_path).stat().st_size > 5_000
     space = MBConvSpace(stages=[[8, 1, 1, "relu"], [16, 2, 2, "swish"]], stem=[8, 8], stem_stride=1, head=32,
                         resolution=8, in_channels=1, num_classes=10)  # fmt: skip

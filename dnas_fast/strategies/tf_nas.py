@@ -292,8 +292,8 @@ class TFNAS(Strategy):
         return ops, depths
 
     def derive(self, space):
+        from ..networks import count_flops
         from ..spaces.mbconv import MBConvNet
-        from .tf_nas_latency import count_flops
 
         latency = self.latency_model(space)
         ops, depths = self.parse()

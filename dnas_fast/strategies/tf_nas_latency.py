@@ -7,7 +7,7 @@
 * ``SupernetLatency``: the expected latency of the supernet as a differentiable function of the op weights
   ``[E, K]`` and sink depth weights ``[S, D]`` (authors' ``MixedOP``/``MixedStage``), and the latency of a
   derived architecture (authors' ``get_lookup_latency``).
-* ``measure_ms``, ``count_flops``: real latency and multiply-accumulates of a module.
+* ``measure_ms``: real latency of a module.
 
 ``dnas-fast latency build`` (make a table) and ``dnas-fast latency measure`` (time a derived network from a run's
 ``genotype.json``) are in ``dnas_fast.cli``.
@@ -83,27 +83,6 @@ def measure_derived(config: dict, device="cpu", repeats=200, warmup=20, batch_si
     batch = default_batch_size(device) if batch_size is None else batch_size
     res = config["resolution"]
     return measure_ms(MBConvNet(config), (batch, config["in_channels"], res, res), device, repeats, warmup)
-
-
-@keep_rng
-def count_flops(model: nn.Module, input_shape) -> dict:
-    """Multiply-accumulates (convs and linears) in millions per image, and parameters in millions."""
-    macs = []
-
-    def hook(m, inp, out):
-        if isinstance(m, nn.Conv2d):
-            macs.append(out.numel() / out.shape[0] * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
-        elif isinstance(m, nn.Linear):
-            macs.append(m.in_features * m.out_features)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(*input_shape, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    return {"mflops": sum(macs) / 1e6, "mparams": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 # ---- keys ----------------------------------------------------------------------------------------------
