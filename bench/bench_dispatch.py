@@ -10,7 +10,6 @@ exception: a ``batched`` block keeps its intermediates when its input is small (
 are here, and recomputes them otherwise, as at the DARTS search's sizes; ``batched-recompute`` counts that path.
 """
 
-import contextlib
 import os
 import sys
 from collections import Counter
@@ -55,18 +54,13 @@ def providers() -> list[str]:
     return ["naive", *names, *([RECOMPUTE] if "batched" in names else [])]
 
 
-@contextlib.contextmanager
-def block_mode(provider: str):
-    """``batched-recompute``: the batched backend with every block recomputing; any other provider as it is."""
-    if provider != RECOMPUTE:
-        yield provider
-        return
-    threshold = batched_cell.RECOMPUTE_MIN_NUMEL
-    batched_cell.RECOMPUTE_MIN_NUMEL = 0
-    try:
-        yield "batched"
-    finally:
-        batched_cell.RECOMPUTE_MIN_NUMEL = threshold
+def count_case(network: str, provider: str, case: str) -> Counter:
+    """Op counts of one forward+backward (``fwd_bwd``) or one search step (``step_order1`` / ``step_order2``),
+    after one untimed warm-up call (caches, optimizer state)."""
+    if provider == RECOMPUTE:
+        with batched_cell.recompute_min_numel(0):
+            return _count(network, "batched", case)
+    return _count(network, provider, case)
 
 
 def _build(network: str, provider: str, order: int, batch=2, H=16):
@@ -84,13 +78,6 @@ def _build(network: str, provider: str, order: int, batch=2, H=16):
                       a_optimizer=strategy.make_arch_optimizer(), lr=0.025)  # fmt: skip
     data = [(torch.randn(batch, 3, H, H), torch.randint(0, 10, (batch,))) for _ in range(2)]
     return space, strategy, ctx, data
-
-
-def count_case(network: str, provider: str, case: str) -> Counter:
-    """Op counts of one forward+backward (``fwd_bwd``) or one search step (``step_order1`` / ``step_order2``),
-    after one untimed warm-up call (caches, optimizer state)."""
-    with block_mode(provider) as backend:
-        return _count(network, backend, case)
 
 
 def _count(network: str, provider: str, case: str) -> Counter:

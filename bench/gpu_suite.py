@@ -8,7 +8,8 @@
    16, 64 and 256: time, allocator peak, saved bytes, ``ready_s`` (build plus the calls before the steady step:
    warm-ups and capture); then the largest batch of naive, the ``auto`` pick and ``batched`` (bisection capped at
    65536), the samples/s at each provider's best batch, and the projected wall time of the DARTS paper's CIFAR-10
-   search (50 epochs over a 25k/25k split, first order, batch 64); last ``batched+compile``
+   search (50 epochs over a 25k/25k split, first order, batch 64); ``batched-keep`` at batch 16 and 64 (every
+   block keeps its intermediates: where this device's keep-or-recompute crossover lies); last ``batched+compile``
    (``torch.compile(mode="reduce-overhead")`` of the step) at batch 16 and 64, whose compilation may run into the
    part's time limit;
 3. ``edge``: the per-edge table (``bench/bench_edge.py --quick``);
@@ -34,6 +35,7 @@ REPO = RESULTS.parent.parent
 SEARCH_BATCHES = (16, 64, 256)
 MAX_BATCH_CAP = 65536
 DARTS_SEARCH = {"epochs": 50, "train_images": 25_000, "batch": 64}  # the DARTS paper's CIFAR-10 search
+KEEP_BATCHES = (16, 64)  # "batched-keep": every batched block keeps its intermediates (no recompute)
 COMPILE_BATCHES = (16, 64)  # the batches of the step-time targets; compiling costs minutes, so no more
 # torch.compile(mode="reduce-overhead") compiles on the first call, records its CUDA graph on the second and
 # replays from the third
@@ -65,9 +67,9 @@ def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_
     providers = ["naive", "checkpoint", *fused, "batched+graph"]
     meta, rows, out = run_meta(device), [], Path(f"{prefix}-search.csv")
 
-    def search_row(p: str, batch: int) -> None:
-        cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": 1, "device": str(device), "provider": p}
-        row = {"bench": "search", "provider": p, "batch": batch}
+    def search_row(p: str, batch: int, label: str | None = None, **extra) -> None:
+        cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": 1, "device": str(device), "provider": p, **extra}
+        row = {"bench": "search", "provider": label or p, "batch": batch}
         try:
             step, row["ready_s"] = ready_step(cfg, device)
             row["saved_mb_per_sample"] = search_step_saved_bytes(step) / batch / 2**20
@@ -83,6 +85,8 @@ def search_part(prefix: str, device: str, batches=SEARCH_BATCHES, cap=MAX_BATCH_
     for batch in batches:
         for p in providers:
             search_row(p, batch)
+    for batch in [b for b in KEEP_BATCHES if b in batches]:  # on CPU kept blocks pay below 32k input elements
+        search_row("batched", batch, label="batched-keep", recompute_min_numel=2**62)
     for p in dict.fromkeys(["naive", _backend.auto_choice(device), "batched"]):
         cfg = {"C": 16, "layers": 8, "H": 32, "order": 1, "device": str(device), "provider": p}
         t0 = time.perf_counter()

@@ -17,6 +17,7 @@ Example::
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -40,6 +41,7 @@ from .benchmark import (
     timer,
     write_rows,
 )
+from .kernels import batched_cell
 from .mixed_edge import MixedEdge, reference_forward
 from .ops import DARTS_OPS, NB201_OPS
 
@@ -172,7 +174,8 @@ def build_search_step(cfg: dict):
 
     ``capture``: None (eager), ``"graph"`` (:class:`~dnas_fast.cuda_graphs.CapturedStep`: its first
     ``WARMUP_STEPS`` calls warm up, the next captures) or ``"compile"`` (``torch.compile(mode="reduce-overhead")``
-    of the whole step: CUDA graphs of the compiled regions)."""
+    of the whole step: CUDA graphs of the compiled regions). ``recompute_min_numel``: the ``batched`` blocks'
+    keep-or-recompute threshold for this step's calls (default: the library's)."""
     from .precision import Precision
     from .spaces import build_space
     from .strategies import StepContext, build_strategy
@@ -221,8 +224,11 @@ def build_search_step(cfg: dict):
     else:
         raise ValueError(f"capture must be None, 'graph' or 'compile', got {capture!r}")
 
+    threshold = cfg.get("recompute_min_numel")
+
     def step():
-        run(ctx, train, valid)
+        with contextlib.nullcontext() if threshold is None else batched_cell.recompute_min_numel(threshold):
+            run(ctx, train, valid)
 
     step.space, step.strategy, step.train, step.ctx = space, strategy, train, ctx
     step.report = lambda: {"saved_bytes": search_step_saved_bytes(step)}  # measured by ``child_peak_rss``

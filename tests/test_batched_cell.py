@@ -218,3 +218,18 @@ def test_eval_mode_falls_back_to_per_edge(monkeypatch):
     arch = arch_of(ref)
     with torch.no_grad():
         assert_close("eval logits", bat(x, arch), ref(x, arch), **TOL)
+
+
+@pytest.mark.parametrize("threshold", [0, 2**62], ids=["recompute", "keep"])
+def test_a_bench_step_picks_the_block_path_and_leaves_the_threshold(threshold, monkeypatch):
+    from dnas_fast.bench_edge import build_search_step
+
+    before = batched_cell.RECOMPUTE_MIN_NUMEL
+    recomputed = []
+    real = batched_cell.BlockFunction.apply
+    monkeypatch.setattr(batched_cell.BlockFunction, "apply", lambda *a: recomputed.append(1) or real(*a))
+    step = build_search_step({"C": 4, "layers": 3, "H": 8, "batch": 2, "provider": "batched",
+                              "recompute_min_numel": threshold})  # fmt: skip
+    step()
+    assert bool(recomputed) == (threshold == 0)
+    assert batched_cell.RECOMPUTE_MIN_NUMEL == before

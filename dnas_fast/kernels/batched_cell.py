@@ -28,6 +28,7 @@ backend and the cell is in training mode; a lone ``MixedEdge`` (``compat.MixedOp
 per-edge path.
 """
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -242,16 +243,16 @@ class _BlockPlan:
     families: list
     inactive: torch.Tensor | None  # [E, K] bool (straight-through), CPU
     aux: object  # None, "skip" or "conv"
-    on_device: dict = field(default_factory=dict)  # (id of a CPU tensor above, device, dtype) -> its copy there
+    copies: dict = field(default_factory=dict)  # (id of a CPU tensor above, device, dtype) -> its copy there
 
-    def to(self, t, device, dtype=None):
+    def on(self, t, device, dtype=None):
         """A CPU tensor of the plan on ``device``, copied once: a replayed CUDA graph reads no host memory."""
         if t is None or (device.type == "cpu" and dtype in (None, t.dtype)):
             return t
         key = (id(t), device, dtype)
-        if key not in self.on_device:
-            self.on_device[key] = t.to(device, dtype)
-        return self.on_device[key]
+        if key not in self.copies:
+            self.copies[key] = t.to(device, dtype)
+        return self.copies[key]
 
     def params(self):
         """The parameters a block call reads, read now (``functional_call`` swaps them between calls)."""
@@ -354,7 +355,7 @@ def _weights_of(plan, f, columns, aux_weight):
     if f.kind == "aux":
         return aux_weight.expand(len(f.rows))
     w = columns[f.k]
-    return w if f.index is None else w.index_select(0, plan.to(f.index, w.device))
+    return w if f.index is None else w.index_select(0, plan.on(f.index, w.device))
 
 
 def block_forward(plan, x, weights, aux_weight, stacked):
@@ -374,7 +375,7 @@ def block_forward(plan, x, weights, aux_weight, stacked):
             aux_out = y.mul_(w)
             continue
         y = y.unsqueeze(1) if y.dim() == 4 else y
-        idx = plan.to(f.index, x.device)
+        idx = plan.on(f.index, x.device)
         if idx is None:
             acc.addcmul_(y, w)
         else:
@@ -382,7 +383,7 @@ def block_forward(plan, x, weights, aux_weight, stacked):
         del y  # free family k before family k + 1 runs
     stats.write()
     if plan.inactive is not None:
-        acc.add_((weights * plan.to(plan.inactive, weights.device, weights.dtype)).sum(1).view(1, E, 1, 1, 1))
+        acc.add_((weights * plan.on(plan.inactive, weights.device, weights.dtype)).sum(1).view(1, E, 1, 1, 1))
     out = _scatter_partial(plan, x, acc, cl) if plan.pc > 1 else acc
     if plan.aux == "skip":
         out.add_(x.unsqueeze(1) * aux_weight)
@@ -444,7 +445,7 @@ def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
     else:
         g_ops, x_ops = g, x
     if plan.inactive is not None:
-        dW += g_ops.sum((0, 2, 3, 4)).view(E, 1) * plan.to(plan.inactive, weights.device, weights.dtype)
+        dW += g_ops.sum((0, 2, 3, 4)).view(E, 1) * plan.on(plan.inactive, weights.device, weights.dtype)
     dx_ops = None
     d_r, d_reps = None, {}
     has_conv = any(f.kind == "conv" for f in plan.families)
@@ -455,7 +456,7 @@ def block_backward(plan, g, x, weights, aux_weight, stacked, needs):
     columns = weights.unbind(1)
     for f, st in zip(plan.families, stacked):
         # family k is rebuilt from x and freed before family k + 1: only one family's intermediates are alive
-        idx = plan.to(f.index, x.device)
+        idx = plan.on(f.index, x.device)
         n = len(f.rows)
         if f.kind == "aux":
             inp_leaf = x.detach().requires_grad_()
@@ -561,6 +562,18 @@ class BlockFunction(torch.autograd.Function):
 RECOMPUTE_MIN_NUMEL = 32768
 
 
+@contextlib.contextmanager
+def recompute_min_numel(n: int):
+    """Inside, blocks keep their intermediates below ``n`` input elements instead (benchmarks compare the paths:
+    0 recomputes every block, as at search sizes; a huge ``n`` keeps every one)."""
+    global RECOMPUTE_MIN_NUMEL
+    saved, RECOMPUTE_MIN_NUMEL = RECOMPUTE_MIN_NUMEL, n
+    try:
+        yield
+    finally:
+        RECOMPUTE_MIN_NUMEL = saved
+
+
 def run_block(plan, x, weights, aux_weight, params):
     """The block's output [N, E, C_out, H', W']: recomputed in the backward (``BlockFunction``) unless ``x`` is
     small, then under autograd like any module."""
@@ -593,7 +606,7 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
     for s, idx in cell.blocks:
         mask = None if arch.mask is None else arch.mask[list(idx)]
         plan = _cached_plan(cell, edges, s, idx, mask, arch.straight_through, arch.aux is not None)
-        rows = plan.to(plan.cell_rows, x0.device)
+        rows = plan.on(plan.cell_rows, x0.device)
         out = run_block(plan, states[s], arch.weights.index_select(0, rows), arch.aux, plan.params())
         if path_scales is not None:  # out is [N, E, C, H, W]: one factor per example and edge
             scales = path_scales.index_select(0, rows).t()
