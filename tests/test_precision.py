@@ -13,6 +13,7 @@ from torch import nn
 
 from dnas_fast import build_space, build_strategy
 from dnas_fast._backend import available_backends
+from dnas_fast.kernels import batched_cell
 from dnas_fast.mixed_edge import MixedEdge
 from dnas_fast.precision import Precision
 from dnas_fast.strategies import StepContext
@@ -75,8 +76,14 @@ def check_within_reference_error(results: dict, label: str, guard=0.2):
         assert e_low <= SLACK * e_ref + FLOOR, f"{label} {name}: rel. error {e_low:.3g} > {SLACK} x {e_ref:.3g}"
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_bf16_step_on_cpu_within_the_references_own_bf16_error(backend):
+# the batched blocks' two paths besides the default: every block recomputed (under the forward's autocast) or kept
+BLOCK_PATHS = [("batched", 0), ("batched", 2**62)] if "batched" in CPU_BACKENDS else []
+
+
+@pytest.mark.parametrize("backend, keep_below", [(b, None) for b in CPU_BACKENDS] + BLOCK_PATHS)
+def test_bf16_step_on_cpu_within_the_references_own_bf16_error(backend, keep_below, monkeypatch):
+    if keep_below is not None:
+        monkeypatch.setattr(batched_cell, "RECOMPUTE_MIN_NUMEL", keep_below)
     space, strategy, (train, _) = tiny_search()
     exact = step_grads(space, strategy, train, "fp32", "reference")
     ref_low = step_grads(space, strategy, train, "bf16", "reference")
