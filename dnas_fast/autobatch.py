@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from .benchmark import rss_kb
+from .cuda_graphs import WARMUP_STEPS
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 MAX_TRIALS = 12  # measured steps per search; each CPU trial is a fresh process (seconds)
@@ -137,7 +138,8 @@ def find_batch_size(config, probe, device: torch.device, builder: str) -> AutoBa
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         limit = parse_memory(config.memory_limit) if config.memory_limit else free
-        measure, what = (lambda n: measure_cuda(task, n)), "CUDA max_memory_allocated over 2 steps"
+        steps = measured_steps(task)
+        measure, what = (lambda n: measure_cuda(task, n)), f"CUDA max_memory_allocated over {steps} steps"
     else:
         if config.memory_limit is None:
             raise ValueError("batch_size auto on the CPU needs memory_limit (--memory-limit, e.g. 8G)")
@@ -155,6 +157,12 @@ def trial_step(task: dict, batch: int) -> Callable[[], None]:
     return getattr(importlib.import_module(module), function)(task, batch)
 
 
+def measured_steps(task: dict) -> int:
+    """The steps a trial runs: two, after a captured step's warm-ups (``cuda_graphs``: the graph and its memory
+    pool exist from the capture on, and the run holds them)."""
+    return (WARMUP_STEPS if task["config"].get("cuda_graphs") else 0) + 2
+
+
 def measure_cuda(task: dict, batch: int) -> int | None:
     device = torch.device(task["device"])
     gc.collect()
@@ -163,8 +171,8 @@ def measure_cuda(task: dict, batch: int) -> int | None:
     before = torch.cuda.memory_allocated(device)
     try:
         step = trial_step(task, batch)
-        step()
-        step()
+        for _ in range(measured_steps(task)):
+            step()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     except torch.cuda.OutOfMemoryError:
@@ -195,7 +203,8 @@ def measure_cpu(task: dict, batch: int) -> int | None:
 
 
 def _cpu_child(task: dict) -> None:
-    """Child body: print the bytes of two search steps at ``task["batch"]`` above the RSS before their network."""
+    """Child body: print the bytes of the trial's search steps at ``task["batch"]`` above the RSS before their
+    network."""
     torch.set_num_threads(task["threads"])
     # a freed warm-up trial first: lazy imports (sympy via torch.library, ~150 MB) and one-time runtime set-up stay
     # below the baseline, as the CUDA context stays outside max_memory_allocated
@@ -207,6 +216,6 @@ def _cpu_child(task: dict) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
     base = rss_kb("VmRSS")
     step = trial_step(task, task["batch"])
-    step()
-    step()
+    for _ in range(measured_steps(task)):
+        step()
     print((rss_kb("VmHWM") - base) * 1024)

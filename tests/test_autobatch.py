@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+from dnas_fast import autobatch
 from dnas_fast.autobatch import largest_fitting_batch, parse_memory
 from dnas_fast.cli import main
+from dnas_fast.cuda_graphs import WARMUP_STEPS
 from dnas_fast.search import SearchConfig, Searcher
 
 MB = 2**20
@@ -91,6 +93,21 @@ def test_cpu_auto_batch_fits_the_measured_limit_and_is_logged(tmp_path):
     modelled = found.intercept + found.per_sample * (found.batch + 1)
     assert (over is None or over > limit) if found.batch + 1 in found.trials else modelled > limit
     assert searcher.header()["auto_batch"]["batch"] == found.batch
+
+
+@pytest.mark.parametrize("cuda_graphs, steps", [(False, 2), (True, WARMUP_STEPS + 2)])
+def test_a_cuda_trial_of_a_captured_step_measures_past_the_capture(cuda_graphs, steps, monkeypatch):
+    """With --cuda-graphs the run holds the graph's memory pool: the trial runs its warm-ups, its capture and a
+    replay before it reads the allocator's peak (the allocator calls are stubbed: this checks the count)."""
+    calls = []
+    monkeypatch.setattr(autobatch, "trial_step", lambda task, batch: lambda: calls.append(batch))
+    for name in ("empty_cache", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 123)
+    task = {"config": {"cuda_graphs": cuda_graphs}, "device": "cuda"}
+    assert autobatch.measure_cuda(task, 4) == 123
+    assert calls == [4] * steps
 
 
 @pytest.mark.cuda
