@@ -268,8 +268,8 @@ def count_flops(model: nn.Module, input_shape) -> dict:
             macs.append(m.in_features * m.out_features)
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
+    try:  # the global RNG stays untouched: counting must not change a run's draws
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model.eval()(torch.zeros(*input_shape, device=next(model.parameters()).device))
     finally:
         for h in handles:

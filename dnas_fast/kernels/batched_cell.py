@@ -98,14 +98,17 @@ def _cell(edges, sources) -> _Cell:
     return cell
 
 
-def _cached_plan(cell, edges, source, idx, mask, straight_through, has_aux):
-    """The plan of block ``source`` for this mask and these options, built once."""
-    key = (source, None if mask is None else mask.cpu().numpy().tobytes(), straight_through, has_aux)
+def _cached_plan(cell, edges, source, idx, arch, arch_key):
+    """The plan of block ``source`` under ``arch`` (``arch_key``: its mask and options, made once per cell call),
+    built once."""
+    key = (source, *arch_key)
     plan = cell.plans.get(key)
     if plan is None:
         if len(cell.plans) >= _MAX_PLANS:
             cell.plans.clear()
-        plan = cell.plans[key] = make_block_plan([edges[e] for e in idx], idx, mask, straight_through, has_aux)
+        mask = None if arch.mask is None else arch.mask[list(idx)]
+        block = [edges[e] for e in idx]
+        plan = cell.plans[key] = make_block_plan(block, idx, mask, arch.straight_through, arch.aux is not None)
     return plan
 
 
@@ -603,9 +606,10 @@ def cell_forward(edges: nn.ModuleList, states: list, arch, sources, training: bo
         return None
     n_init = len(states)
     acc = None
+    mask_bytes = None if arch.mask is None else arch.mask.cpu().numpy().tobytes()
+    arch_key = (mask_bytes, arch.straight_through, arch.aux is not None)
     for s, idx in cell.blocks:
-        mask = None if arch.mask is None else arch.mask[list(idx)]
-        plan = _cached_plan(cell, edges, s, idx, mask, arch.straight_through, arch.aux is not None)
+        plan = _cached_plan(cell, edges, s, idx, arch, arch_key)
         rows = plan.on(plan.cell_rows, x0.device)
         out = run_block(plan, states[s], arch.weights.index_select(0, rows), arch.aux, plan.params())
         if path_scales is not None:  # out is [N, E, C, H, W]: one factor per example and edge
