@@ -19,7 +19,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,9 +42,10 @@ from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard
 from .precision import PRECISIONS, Precision
 from .preemption import CheckpointCadence, Preempted, PreemptionSignals
+from .settings import at_least, below, check_call_args, check_fields, check_fits, device_rule, one_of, setting
 from .shapes import channels_last_default
-from .spaces import build_space
-from .strategies import StepContext, build_strategy
+from .spaces import build_space, space_class
+from .strategies import StepContext, build_strategy, strategy_class
 from .strategies.base import weight_optimizer
 
 # The loop settings a strategy's ``loop_preset`` may set. SearchConfig leaves them None ("not set by the user");
@@ -53,42 +54,68 @@ LOOP_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 0.025, "lr_min": 0.001, "
                  "weight_decay": 3e-4, "grad_clip": 5.0, "valid_split": "train"}  # fmt: skip
 
 
+# build_search_data's arguments that the config sets itself (--data-args may not)
+DATA_ARGS_FROM_CONFIG = {"name", "root", "batch_size", "train_portion", "valid_split", "seed", "rank",
+                         "world_size", "num_workers"}  # fmt: skip
+
+
+def batch_size_rule(name, value):
+    if value != "auto" and not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
+
+
+def fraction_rule(name, value):
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+
+
+def memory_rule(name, value):
+    autobatch.parse_memory(value)  # raises on a malformed size
+
+
+def cadence_rule(name, value):
+    CheckpointCadence.parse(value)  # raises on a malformed cadence
+
+
 @dataclass
 class SearchConfig:
-    """Fields left None take the strategy's ``loop_preset`` value, else ``LOOP_DEFAULTS``."""
+    """Fields left None take the strategy's ``loop_preset`` value, else ``LOOP_DEFAULTS``. Every field is checked
+    (type, range, finiteness) by :meth:`validate` wherever the config comes from (:mod:`~dnas_fast.settings`)."""
 
     space: str = "darts"
-    space_args: dict = field(default_factory=dict)
+    space_args: dict = setting(factory=dict)
     strategy: str = "darts"
-    strategy_args: dict = field(default_factory=dict)
+    strategy_args: dict = setting(factory=dict)
     data: str = "digits"
     data_root: str | None = None
-    data_args: dict = field(default_factory=dict)
-    epochs: int | None = None
-    batch_size: int | str | None = None  # "auto": the largest whose search step fits the memory (autobatch)
-    train_portion: float = 0.5
-    valid_split: str | None = None  # "train": split by train_portion; "test": all of train, validate on test
-    lr: float | None = None
-    lr_min: float | None = None
-    momentum: float | None = None
+    data_args: dict = setting(factory=dict)
+    epochs: int | None = setting(None, at_least(1))
+    batch_size: int | str | None = setting(None, batch_size_rule)  # "auto": the largest that fits (autobatch)
+    train_portion: float = setting(0.5, fraction_rule)
+    valid_split: str | None = setting(None, one_of(VALID_SPLITS))  # "train": split by train_portion; "test": all
+    lr: float | None = setting(None, at_least(0, above=True))
+    lr_min: float | None = setting(None, at_least(0))
+    momentum: float | None = setting(None, below(1))
     nesterov: bool | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    memory_limit: str | None = None  # bound of batch_size "auto" ("8G", "512M"); CUDA default: the free memory
+    weight_decay: float | None = setting(None, at_least(0))
+    grad_clip: float | None = setting(None, at_least(0))  # 0: no clipping
+    memory_limit: str | None = setting(None, memory_rule)  # bound of batch_size "auto" ("8G"); CUDA: free memory
     scale_lr: bool = False  # lr (preset or default, not the user's) x batch_size / the preset's (default) batch
-    seed: int = 0
+    seed: int = setting(0, below(2**63))
     deterministic: bool = False
-    device: str = "auto"
+    device: str = setting("auto", device_rule)
     backend: str | None = None
-    max_steps_per_epoch: int | None = None
-    num_workers: int = 0
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast of the forward; fp16 adds loss scaling)
+    max_steps_per_epoch: int | None = setting(None, at_least(1))
+    num_workers: int = setting(0, at_least(0))
+    precision: str = setting("fp32", one_of(PRECISIONS))  # autocast of the forward; fp16 adds loss scaling
     channels_last: bool | None = None  # network and batches in torch.channels_last; None: the device's default
-    checkpoint_every: str | None = None  # also checkpoint mid-epoch: every N steps ("500") or minutes ("10m")
+    checkpoint_every: str | None = setting(None, cadence_rule)  # also mid-epoch: every N steps ("500") or "10m"
     cuda_graphs: bool = False  # capture the search step as a CUDA graph and replay it (dnas_fast.cuda_graphs)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SearchConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"a search config must be a mapping of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -98,29 +125,15 @@ class SearchConfig:
         return config
 
     def validate(self) -> None:
-        """Check the values set (None: unset, filled by ``resolved``)."""
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if self.batch_size not in (None, "auto") and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
-        if self.memory_limit is not None:
-            autobatch.parse_memory(self.memory_limit)  # raises on a malformed size
-        if not 0 < self.train_portion < 1:
-            raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
-        if self.valid_split not in (None, *VALID_SPLITS):
-            raise ValueError(f"valid_split must be one of {VALID_SPLITS}, got {self.valid_split!r}")
-        if (self.lr is not None and self.lr <= 0) or (self.lr_min is not None and self.lr_min < 0):
-            raise ValueError(f"learning rates must be positive, got lr={self.lr}, lr_min={self.lr_min}")
+        """Check every field (None: unset, filled by ``resolved``)."""
+        check_fields(self)
         if self.nesterov and self.momentum is not None and self.momentum <= 0:
             raise ValueError(f"nesterov needs a positive momentum, got momentum={self.momentum}")
-        CheckpointCadence.parse(self.checkpoint_every)  # raises on a malformed cadence
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.cuda_graphs and self.device != "auto" and torch.device(self.device).type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device, got device {self.device!r}")
-        for name in ("space_args", "strategy_args", "data_args"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        check_call_args(
+            "--data-args", f"data set {self.data!r}", build_search_data, self.data_args, DATA_ARGS_FROM_CONFIG
+        )
 
     def resolved(self, strategy_name: str, preset: dict) -> tuple["SearchConfig", dict[str, str]]:
         """(copy with every unset loop setting filled, {field: source}); a source is ``user``, ``default`` or
@@ -182,6 +195,21 @@ def blame_args(kind: str, name: str, user_args: dict):
         raise ValueError(f"{kind} {name!r} cannot be built with --{kind}-args {user_args}: {err}") from err
 
 
+def checked_build(kind: str, name: str, user_args: dict, cls: type, args: dict | None = None, device=None):
+    """``cls(**args)`` (default: the user's ``--{kind}-args``) with the user's arguments checked first and, given
+    a ``device``, its weights' size measured on the meta device and refused if they cannot fit there."""
+    check_call_args(f"--{kind}-args", f"{kind} {name!r}", cls, user_args)
+    args = user_args if args is None else args
+    with blame_args(kind, name, user_args):
+        if device is None:
+            return cls(**args)
+        with torch.device("meta"):
+            tensors = [*cls(**args).state_dict().values()]
+        # weights, their gradients and the optimizer's momentum, at the least
+        check_fits("its weights, gradients and momentum", 3 * sum(t.nbytes for t in tensors), device)
+        return cls(**args).to(device)
+
+
 class Searcher:
     """Owns the space, the strategy, the optimizers and the run directory (rank 0 writes it)."""
 
@@ -195,8 +223,10 @@ class Searcher:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        with blame_args("strategy", config.strategy, config.strategy_args):
-            self.strategy = build_strategy(config.strategy, **config.strategy_args)
+        self.strategy = checked_build(
+            "strategy", config.strategy, config.strategy_args, strategy_class(config.strategy)
+        )
+        check_call_args("--space-args", f"space {config.space!r}", space_class(config.space), config.space_args)
         config, self.sources = config.resolved(config.strategy, self.strategy.loop_preset)
         if config.channels_last is None:
             config.channels_last = channels_last_default(self.device)
@@ -217,8 +247,8 @@ class Searcher:
         if config.backend is not None:
             space_args["backend"] = config.backend
         space_args = self.strategy.adapt_space_config(space_args)
-        with blame_args("space", config.space, config.space_args):
-            self.space = build_space(config.space, **space_args).to(self.device)
+        self.space = checked_build("space", config.space, config.space_args, space_class(config.space), space_args,
+                                   self.device)  # fmt: skip
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.space.to(memory_format=self.memory_format)
         self.precision = Precision(config.precision, self.device)

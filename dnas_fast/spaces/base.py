@@ -16,6 +16,10 @@ def known_spaces() -> list[str]:
     return _SPACES.names()
 
 
+def space_class(name: str) -> type:
+    return _SPACES[name]
+
+
 def build_space(name: str, **config) -> "SearchSpace":
     return _SPACES[name](**config)
 

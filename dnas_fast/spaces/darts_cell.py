@@ -82,6 +82,8 @@ class DartsSpace(SearchSpace):
         op_names = check_op_names(op_names or DARTS_OPS)
         if layers < 3:
             raise ValueError(f"the DARTS network needs at least 3 layers (two are reductions), got {layers}")
+        if multiplier > steps:
+            raise ValueError(f"a cell concatenates its last multiplier={multiplier} of steps={steps} nodes: too many")
         self.config = dict(
             C=C, num_classes=num_classes, layers=layers, steps=steps, multiplier=multiplier,
             stem_multiplier=stem_multiplier, in_channels=in_channels, op_names=op_names, allowed=allowed,

@@ -79,6 +79,10 @@ def frozen(params):
             p.requires_grad_(True)
 
 
+def strategy_class(name: str) -> type:
+    return _STRATEGIES[name]
+
+
 def build_strategy(name: str, **hparams) -> "Strategy":
     return _STRATEGIES[name](**hparams)
 
