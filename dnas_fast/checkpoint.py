@@ -3,6 +3,7 @@
 import os
 import pickle
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -15,14 +16,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not belong to the run that loads it."""
 
 
-def atomic_torch_save(obj, path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash leaves the old file intact."""
+TMP_PREFIX = ".tmp-"  # atomic writes' temporary files; rundir.remove_orphans deletes those a kill left
+
+
+def file_mode() -> int:
+    """The mode of every file a run writes: what ``open()`` would give under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path, write) -> None:
+    """``write(file)`` to a temporary file in the same folder, fsync, then rename: a crash leaves the old file."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1], dir=os.path.dirname(
+        os.path.abspath(path)))  # fmt: skip
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,14 +44,12 @@ def atomic_torch_save(obj, path) -> None:
         raise
 
 
+def atomic_torch_save(obj, path) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_write_text(path, text: str) -> None:
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def rng_state() -> dict:
@@ -77,10 +87,11 @@ def safe_load(path):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        why = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler" in line), str(err))
+        found = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(err))
+        what = f"type {found.group(1)}" if found else "a type"
         raise CheckpointError(
-            f"refusing to load {path}: it needs types outside the checkpoint allow-list, which could run code ({why})"
-        ) from err
+            f"refusing to load {path}: it needs {what}, outside the checkpoint allow-list (loading it could run code)"
+        ) from None
     except Exception as err:  # torch raises many types for truncated / foreign files
         raise CheckpointError(f"checkpoint {path} is corrupt or not a dnas_fast checkpoint: {err}") from err
 

@@ -42,7 +42,7 @@ from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard
 from .precision import PRECISIONS, Precision
 from .preemption import CheckpointCadence, Preempted, PreemptionSignals
-from .settings import at_least, below, check_call_args, check_fields, check_fits, device_rule, one_of, setting
+from .settings import at_least, below, check_call_args, check_fields, check_module_fits, device_rule, one_of, setting
 from .shapes import channels_last_default
 from .spaces import build_space, space_class
 from .strategies import StepContext, build_strategy, strategy_class
@@ -203,10 +203,7 @@ def checked_build(kind: str, name: str, user_args: dict, cls: type, args: dict |
     with blame_args(kind, name, user_args):
         if device is None:
             return cls(**args)
-        with torch.device("meta"):
-            tensors = [*cls(**args).state_dict().values()]
-        # weights, their gradients and the optimizer's momentum, at the least
-        check_fits("its weights, gradients and momentum", 3 * sum(t.nbytes for t in tensors), device)
+        check_module_fits(lambda: cls(**args), device)
         return cls(**args).to(device)
 
 

@@ -88,6 +88,16 @@ def check_fits(what: str, nbytes: int, device) -> None:
                          f"{device.type} memory: refused before allocating")  # fmt: skip
 
 
+def check_module_fits(make: Callable, device) -> None:
+    """Build the module ``make()`` on the meta device (no memory) and :func:`check_fits` its weights, their
+    gradients and the optimizer's momentum on ``device``."""
+    import torch
+
+    with torch.device("meta"):
+        tensors = [*make().state_dict().values()]
+    check_fits("its weights, gradients and momentum", 3 * sum(t.nbytes for t in tensors), device)
+
+
 def _type_name(hint) -> str:
     args = typing.get_args(hint)
     if args:
@@ -213,6 +223,6 @@ def check_call_args(flag: str, what: str, fn: Callable, args: dict, reserved=())
 
 
 __all__ = [
-    "at_least", "below", "check_call_args", "check_fields", "check_fits", "check_json_like", "device_rule", "one_of",
-    "setting",
+    "at_least", "below", "check_call_args", "check_fields", "check_fits", "check_json_like", "check_module_fits",
+    "device_rule", "one_of", "setting",
 ]  # fmt: skip

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +54,15 @@ from .genotype import (
 )
 from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
 from .precision import PRECISIONS, Precision
+from .settings import (
+    at_least,
+    below,
+    check_call_args,
+    check_fields,
+    device_rule,
+    one_of,
+    setting,
+)
 from .shapes import channels_last_default
 
 FORMAT = "dnas_fast.train/1"
@@ -147,51 +156,60 @@ def resolve_architecture(text: str) -> Architecture:
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
+# build_eval_data's arguments that the config sets itself (--data-args may not)
+DATA_ARGS_FROM_CONFIG = {"name", "root", "batch_size", "seed", "rank", "world_size", "num_workers"}
+
+
 @dataclass
 class TrainConfig:
     """None means "the family's authors' value" (``FAMILY_DEFAULTS``); ``family`` None picks it from the
-    architecture (DARTS: ``imagenet`` on ``imagefolder`` data, else ``cifar``)."""
+    architecture (DARTS: ``imagenet`` on ``imagefolder`` data, else ``cifar``). Every field is checked (type,
+    range, finiteness) by :meth:`validate` wherever the config comes from (:mod:`~dnas_fast.settings`)."""
 
     arch: str = "DARTS_V2"
-    family: str | None = None
+    family: str | None = setting(None, one_of(FAMILIES))
     data: str = "digits"
     data_root: str | None = None
-    data_args: dict = field(default_factory=dict)
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    lr_schedule: str | None = None
-    lr_min: float | None = None
-    lr_gamma: float | None = None
-    lr_decay_period: int | None = None
-    warmup_epochs: int | None = None
-    momentum: float | None = None
+    data_args: dict = setting(factory=dict)
+    epochs: int | None = setting(None, at_least(1))
+    batch_size: int | None = setting(None, at_least(1))
+    lr: float | None = setting(None, at_least(0, above=True))
+    lr_schedule: str | None = setting(None, one_of(LR_SCHEDULES))
+    lr_min: float | None = setting(None, at_least(0))
+    lr_gamma: float | None = setting(None, at_least(0, above=True))
+    lr_decay_period: int | None = setting(None, at_least(1))
+    warmup_epochs: int | None = setting(None, at_least(0))
+    momentum: float | None = setting(None, below(1))
     nesterov: bool | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    label_smoothing: float | None = None
+    weight_decay: float | None = setting(None, at_least(0))
+    grad_clip: float | None = setting(None, at_least(0))  # 0: no clipping
+    label_smoothing: float | None = setting(None, below(1))
     auxiliary: bool | None = None
-    auxiliary_weight: float | None = None
-    drop_path_prob: float | None = None
-    cutout_length: int | None = None
-    dropout: float | None = None
-    C: int | None = None
-    layers: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
+    auxiliary_weight: float | None = setting(None, at_least(0))
+    drop_path_prob: float | None = setting(None, below(1))
+    cutout_length: int | None = setting(None, at_least(0))
+    dropout: float | None = setting(None, below(1))
+    C: int | None = setting(None, at_least(0))  # 0: the mbconv family's network sets its own widths
+    layers: int | None = setting(None, at_least(0))
+    seed: int = setting(0, below(2**63))
+    device: str = setting("auto", device_rule)
+    precision: str = setting("fp32", one_of(PRECISIONS))
     channels_last: bool | None = None  # None: the device's default (shapes.channels_last_default)
     deterministic: bool = False
-    max_steps_per_epoch: int | None = None
-    num_workers: int = 0
+    max_steps_per_epoch: int | None = setting(None, at_least(1))
+    num_workers: int = setting(0, at_least(0))
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"a train config must be a mapping of settings, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown train setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        config = cls(**values)
+        config.validate()
+        return config
 
     def resolved(self, arch: Architecture) -> tuple["TrainConfig", dict]:
         """(copy with every None filled from the family defaults, {setting: "user" | "authors"})."""
@@ -217,19 +235,13 @@ class TrainConfig:
         return config, sources
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.lr <= 0 or self.lr_min < 0:
-            raise ValueError(f"need lr > 0 and lr_min >= 0, got {self.lr}, {self.lr_min}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if not 0 <= self.drop_path_prob < 1 or not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("drop_path_prob, dropout and label_smoothing must lie in [0, 1)")
-        if self.cutout_length < 0 or self.warmup_epochs < 0:
-            raise ValueError("cutout_length and warmup_epochs must be >= 0")
+        """Check every field (None: the family's value, filled by ``resolved``)."""
+        check_fields(self)
+        check_call_args("--data-args", f"data set {self.data!r}", build_eval_data, self.data_args,
+                        DATA_ARGS_FROM_CONFIG)  # fmt: skip
+        if self.family in ("cifar", "imagenet", "nb201") and 0 in (self.C, self.layers):
+            raise ValueError(f"the {self.family} family needs C >= 1 and layers >= 1, got C={self.C}, "
+                             f"layers={self.layers}")  # fmt: skip
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of epoch ``epoch`` (the authors step their schedulers once per epoch, before it)."""

@@ -21,6 +21,49 @@ CIFAR_FORMATS = {
 CIFAR_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
 
 
+# What CIFAR's python batches hold besides builtins: numpy arrays (pickled by numpy 1.x or 2.x).
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}  # fmt: skip
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds only :data:`CIFAR_PICKLE_GLOBALS` (and builtin containers, strings, numbers): a crafted file cannot
+    name a function to call."""
+
+    def find_class(self, module, name):
+        if (module, name) in CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 ``[N, 3, 32, 32]``, labels int64 ``[N]``) of one CIFAR python batch, read without running code:
+    a file that names any other type is refused in one line."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"refusing to read {path}: it needs {err}, not part of a CIFAR batch (reading it could "
+                         "run code)") from None  # fmt: skip
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
+        raise ValueError(f"{path} is not a CIFAR python batch: {err}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise ValueError(f"{path} is not a CIFAR batch: expected a dict with keys b'data' and {label_key!r}")
+    try:
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{path}: b'data' must hold 3x32x32 uint8 images, {label_key!r} integer labels: {err}"
+        ) from None
+    if len(y) != len(x):
+        raise ValueError(f"{path}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
 def load_digits() -> InMemory:
     """scikit-learn's ``load_digits``: 1797 real handwritten 8x8 digits, pixels 0..16, 10 classes.
 
@@ -50,7 +93,8 @@ def _cifar_folder(name: str, root) -> Path:
 def load_cifar(name: str, root) -> InMemory:
     """CIFAR-10/100 training set from the python pickle folder (``cifar-10-batches-py`` / ``cifar-100-python``).
 
-    ``root`` is that folder or its parent. Pickles execute code when loaded: only read trusted files.
+    ``root`` is that folder or its parent. The batches are pickles, read by :func:`read_cifar_batch`, which builds
+    nothing but numpy arrays and builtins.
     Augmentation as quark0/darts' search: ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, CIFAR mean/std.
     """
     _, files, label_key, num_classes = CIFAR_FORMATS[name]
@@ -60,12 +104,9 @@ def load_cifar(name: str, root) -> InMemory:
         path = folder / file
         if not path.is_file():
             raise FileNotFoundError(f"{name}: missing training batch {path}")
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-            raise ValueError(f"{path} is not a CIFAR batch: expected a dict with keys b'data' and {label_key!r}")
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
+        x, y = read_cifar_batch(path, label_key)
+        xs.append(x)
+        ys.append(y)
     mean, std = (torch.tensor(s) for s in CIFAR_STATS[name])
     x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
     return InMemory(x, y, 1 / 255, mean, std, num_classes, crop_padding=4, flip=True)
@@ -108,7 +149,23 @@ def load_npz(root) -> InMemory:
         )
     if len(y) == 0 or y.min() < 0:
         raise ValueError(f"{path}: y_train must be non-empty with labels >= 0")
+    num_classes = npz_class_count(path, y)
     x = torch.from_numpy(x.reshape(*x.shape[:3], -1)).permute(0, 3, 1, 2).contiguous()
     mean, std = channel_stats(x, 1 / 255)
     cifar_like = tuple(x.shape[1:]) == (3, 32, 32)
-    return InMemory(x, torch.from_numpy(y).long(), 1 / 255, mean, std, int(y.max()) + 1, 4 * cifar_like, True)
+    return InMemory(x, torch.from_numpy(y).long(), 1 / 255, mean, std, num_classes, 4 * cifar_like, True)
+
+
+def npz_class_count(path, y_train: np.ndarray) -> int:
+    """The number of classes: the length of the npz's ``classes`` (class names) when it holds one, which every
+    label must then lie below; else the largest training label + 1."""
+    with np.load(path, allow_pickle=False) as f:
+        has_names = "classes" in f.files
+    if not has_names:
+        return int(y_train.max()) + 1
+    (names,) = npz_arrays(path, ("classes",))
+    if names.ndim != 1 or len(names) == 0:
+        raise ValueError(f"{path}: classes must list the class names, got shape {list(names.shape)}")
+    if y_train.max() >= len(names):
+        raise ValueError(f"{path}: y_train has label {int(y_train.max())}, but classes names only {len(names)}")
+    return len(names)

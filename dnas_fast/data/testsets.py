@@ -5,7 +5,6 @@ Test images are normalised with the training set's statistics and never augmente
 ``train.py`` and SNAS-Series ``SNAS/train_search.py`` (which validates its search on the CIFAR-10 test set).
 """
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 from .imagefolder import FolderImages, scan_folder
 from .memory import InMemory
-from .sources import CIFAR_FORMATS, _cifar_folder, npz_arrays
+from .sources import CIFAR_FORMATS, _cifar_folder, npz_arrays, read_cifar_batch
 from .splits import seeded_pool
 
 # The digits ship without a test split: this seeded share of them is held out instead.
@@ -49,10 +48,8 @@ def _cifar_test(name: str, root, train: InMemory) -> InMemory:
     path = _cifar_folder(name, root) / CIFAR_TEST_FILES[name]
     if not path.is_file():
         raise NoTestSplit(f"{name}: missing test batch {path}")
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    x = torch.from_numpy(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-    return _like(train, x, torch.from_numpy(np.asarray(batch[label_key], dtype=np.int64)))
+    x, y = read_cifar_batch(path, label_key)
+    return _like(train, torch.from_numpy(x), torch.from_numpy(y))
 
 
 def _npz_test(root, train: InMemory) -> InMemory:
@@ -62,6 +59,9 @@ def _npz_test(root, train: InMemory) -> InMemory:
     x, y = npz_arrays(Path(root), ("x_test", "y_test"))
     if x.dtype != np.uint8 or x.shape[1:3] != tuple(train.x.shape[2:]) or len(y) != len(x):
         raise ValueError(f"{root}: x_test must be uint8 images shaped like x_train, with one y_test label each")
+    in_range = len(y) == 0 or 0 <= y.min() <= y.max() < train.num_classes
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or not in_range:
+        raise ValueError(f"{root}: y_test must hold integer labels in [0, {train.num_classes}), y_train's classes")
     x = torch.from_numpy(x.reshape(*x.shape[:3], -1)).permute(0, 3, 1, 2).contiguous()
     return _like(train, x, torch.from_numpy(y.astype(np.int64)))
 
