@@ -31,6 +31,16 @@ def _bool_arg(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _int_or_text(text: str) -> int | str:
     """``--batch-size``: a number, else the text as given (``auto``; SearchConfig rejects others in one line)."""
     return int(text) if text.strip().lstrip("-").isdigit() else text
@@ -38,6 +48,8 @@ def _int_or_text(text: str) -> int | str:
 
 def _read_config_file(path: str) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"config file {path} is a directory; give a .json or .toml file")
     if not p.is_file():
         raise ValueError(f"config file {path} does not exist")
     text = p.read_text()
@@ -77,8 +89,8 @@ def add_search_parser(sub):
     p.add_argument("--config", help="JSON or TOML file with SearchConfig fields; flags override it")
     p.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its checkpoint")
-    p.add_argument("--stop-after", type=int, help="run at most this many epochs now (resume later)")
-    p.add_argument("--threads", type=int, help="intra-op CPU threads (torch.set_num_threads)")
+    p.add_argument("--stop-after", type=positive_int, help="run at most this many epochs now (resume later)")
+    p.add_argument("--threads", type=positive_int, help="intra-op CPU threads (torch.set_num_threads)")
     p.add_argument("--latency-target", type=float, help="TF-NAS latency target (ms), passed to the strategy")
     p.add_argument("--latency-table", help="TF-NAS latency lookup table, passed to the strategy")
     p.set_defaults(func=cmd_search)
@@ -274,6 +286,7 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .guard import DivergedError
     from .preemption import PREEMPTED_EXIT_CODE, Preempted
+    from .rundir import RunLocked
 
     args = build_parser().parse_args(argv)
     try:
@@ -284,7 +297,7 @@ def main(argv=None) -> int:
     except Preempted as err:
         print(f"dnas-fast {args.command}: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, CheckpointError, RunLocked) as err:
         print(f"dnas-fast {args.command}: error: {err}", file=sys.stderr)
         return 2
 

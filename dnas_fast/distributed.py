@@ -53,6 +53,13 @@ def all_reduce_grads(params) -> None:
         offset += g.numel()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank (every rank must call it at the same point)."""
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier() -> None:
     dist.barrier()
 

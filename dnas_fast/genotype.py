@@ -115,15 +115,60 @@ def genotype_to_json(genotype: Genotype) -> str:
     return json.dumps(fields)
 
 
+# The most intermediate nodes a cell read from a file may have (the authors' cells have 4; NASNet's 5).
+MAX_CELL_NODES = 64
+
+
+def checked_genotype(kind: type, fields: dict) -> Genotype:
+    """``kind(**fields)`` once every part is checked: ``normal`` and ``reduce`` non-empty lists of (known op,
+    input) pairs filling whole nodes, each input an earlier node, at most ``MAX_CELL_NODES`` nodes, each
+    ``*_concat`` a non-empty list of the cell's nodes. A bad or oversized file fails here in one line, not in a
+    traceback or a MemoryError while building the network."""
+    from .ops.registry import check_op_names
+
+    missing = sorted({"normal", "normal_concat", "reduce", "reduce_concat"} - set(fields))
+    if missing:
+        raise ValueError(f"genotype lacks {missing}")
+    for cell in ("normal", "reduce"):
+        gene = fields[cell]
+        if not isinstance(gene, list | tuple) or not gene or len(gene) > MAX_CELL_NODES * (MAX_CELL_NODES + 1):
+            raise ValueError(f"genotype {cell} must be a non-empty list of (op, input) pairs, got {gene!r:.80}")
+        if not all(isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) for p in gene):
+            raise ValueError(f"genotype {cell} must hold (op name, input index) pairs, got {gene!r:.80}")
+        if not all(isinstance(j, int) and not isinstance(j, bool) for _, j in gene):
+            raise ValueError(f"genotype {cell}: input indices must be integers, got {gene!r:.80}")
+        check_op_names(sorted({op for op, _ in gene}))
+        nodes = cell_nodes(gene, kind is EdgeAllGenotype)
+        if len(nodes) > MAX_CELL_NODES:
+            raise ValueError(f"genotype {cell} has {len(nodes)} nodes, more than {MAX_CELL_NODES}")
+        for i, pairs in enumerate(nodes):
+            if not all(0 <= j < i + 2 for _, j in pairs):
+                raise ValueError(f"genotype {cell}: node {i + 2} may read nodes 0..{i + 1}, got {pairs}")
+        concat = fields[cell + "_concat"]
+        if (
+            not isinstance(concat, range | list | tuple)
+            or not concat
+            or not all(isinstance(n, int) and 2 <= n < len(nodes) + 2 for n in concat)
+        ):
+            raise ValueError(
+                f"genotype {cell}_concat must list nodes of the cell (2..{len(nodes) + 1}), got {concat!r:.80}"
+            )
+    return kind(**fields)
+
+
 def genotype_from_json(text: str) -> Genotype:
     d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ValueError(f"a genotype must be a JSON object, got {type(d).__name__}")
     if d.get("edges", "two") not in ("two", "all"):
         raise ValueError(f"genotype 'edges' must be 'two' or 'all', got {d['edges']!r}")
     kind = EdgeAllGenotype if d.get("edges") == "all" else Genotype
+    fields = {k: d[k] for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k in d}
+    checked_genotype(kind, fields)  # before a concat range is built from its ends
     return kind(
-        normal=[(op, int(j)) for op, j in d["normal"]],
+        normal=[(op, j) for op, j in d["normal"]],
         normal_concat=range(d["normal_concat"][0], d["normal_concat"][-1] + 1),
-        reduce=[(op, int(j)) for op, j in d["reduce"]],
+        reduce=[(op, j) for op, j in d["reduce"]],
         reduce_concat=range(d["reduce_concat"][0], d["reduce_concat"][-1] + 1),
     )
 
@@ -139,7 +184,10 @@ def genotype_from_string(text: str) -> Genotype:
         fields = {}
         for kw in call.keywords:
             if isinstance(kw.value, ast.Call):  # range(a, b)
-                fields[kw.arg] = range(*[ast.literal_eval(a) for a in kw.value.args])
+                ends = [ast.literal_eval(a) for a in kw.value.args]
+                if not all(isinstance(n, int) and abs(n) <= MAX_CELL_NODES + 2 for n in ends):
+                    raise ValueError(f"{kw.arg} must be a small range of cell nodes, got range{tuple(ends)}")
+                fields[kw.arg] = range(*ends)
             elif kw.arg.endswith("_concat"):  # the published genotypes write [2, 3, 4, 5]
                 nodes = ast.literal_eval(kw.value)
                 fields[kw.arg] = (
@@ -147,7 +195,7 @@ def genotype_from_string(text: str) -> Genotype:
                 )
             else:
                 fields[kw.arg] = [tuple(p) for p in ast.literal_eval(kw.value)]
-        return kinds[call.func.id](**fields)
+        return checked_genotype(kinds[call.func.id], fields)
     except (SyntaxError, ValueError, TypeError) as err:
         raise ValueError(f"cannot parse genotype string {text[:80]!r}: {err}") from err
 

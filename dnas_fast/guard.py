@@ -64,4 +64,26 @@ class DivergenceGuard:
             )
 
 
-__all__ = ["DivergedError", "DivergenceGuard"]
+def _tensors(state, path=""):
+    """(path, tensor) of every tensor in a nest of dicts, lists and tuples (a checkpoint's state)."""
+    if torch.is_tensor(state):
+        yield path, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _tensors(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(state, list | tuple):
+        for i, value in enumerate(state):
+            yield from _tensors(value, f"{path}[{i}]")
+
+
+def check_state(state, where: str) -> None:
+    """Raise :class:`DivergedError` naming the first non-finite floating-point tensor of ``state`` (weights,
+    alphas, optimizer buffers, BN statistics: all a checkpoint holds), so no file is ever written with one."""
+    for path, tensor in _tensors(state):
+        if (tensor.is_floating_point() or tensor.is_complex()) and not torch.isfinite(tensor).all():
+            raise DivergedError(
+                f"diverged: non-finite {path} {where}; stopped without saving, the last good checkpoint is kept"
+            )
+
+
+__all__ = ["DivergedError", "DivergenceGuard", "check_state"]

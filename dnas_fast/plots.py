@@ -10,13 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .genotype import EdgeAllGenotype, Genotype, cell_nodes, genotype_from_json, parse_nb201_arch_string  # noqa: E402
-
-
-def read_log(run_dir) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no log.jsonl in {run_dir}: is it a dnas-fast run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from .rundir import read_log  # noqa: E402
 
 
 def plot_alpha_trajectories(records: list[dict], op_names: dict[str, list[str]], out_dir) -> list[Path]:

@@ -39,9 +39,10 @@ from .checkpoint import (
 )
 from .data import VALID_SPLITS, build_search_data
 from .genotype import Genotype, genotype_to_json
-from .guard import DivergedError, DivergenceGuard
+from .guard import DivergedError, DivergenceGuard, check_state
 from .precision import PRECISIONS, Precision
 from .preemption import CheckpointCadence, Preempted, PreemptionSignals
+from .rundir import RunLock, append_line, remove_orphans, truncate_log
 from .settings import at_least, below, check_call_args, check_fields, check_module_fits, device_rule, one_of, setting
 from .shapes import channels_last_default
 from .spaces import build_space, space_class
@@ -323,10 +324,13 @@ class Searcher:
 
     def save(self) -> None:
         # never overwrite the last good checkpoint with a diverged state
-        self.guard.check(self.epoch if self.step_in_epoch else self.epoch - 1)
+        epoch = self.epoch if self.step_in_epoch else self.epoch - 1
+        self.guard.check(epoch)
         self.cadence.saved()
+        state = self.state()
+        check_state(state, f"in epoch {epoch + 1}")  # on every rank: none may wait at the barrier for a refusal
         if self.rank == 0:
-            atomic_torch_save(self.state(), self.checkpoint_path)
+            atomic_torch_save(state, self.checkpoint_path)
         if self.world_size > 1:  # no rank may run ahead (and, say, resume) before the checkpoint exists
             distributed.barrier()
 
@@ -409,7 +413,7 @@ class Searcher:
                 rate = (step + 1 - first) * len(y) / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
                 self.guard.check(self.epoch)  # the device has just synced for the loss: stop at once
-            if self.step_in_epoch < steps and (self.signals.requested or self.cadence.due(self.guard.host_steps)):
+            if self.step_in_epoch < steps and (self.stop_agreed() or self.cadence.due(self.guard.host_steps)):
                 self.save()  # mid-epoch: resumes at the next step, same batches, same random draws
                 self.stop_if_preempted()
         self.guard.check(self.epoch)  # reads the device: the time below includes the queued work
@@ -445,6 +449,13 @@ class Searcher:
         self.guard.watch("loss", loss)
         self.guard.watch_parameters("architecture parameters", self.strategy.arch_parameters())
         return loss, logits
+
+    def stop_agreed(self) -> bool:
+        """Whether SIGTERM / SIGINT arrived here or, under torchrun, on any rank (one all-reduce per step): every
+        rank then checkpoints and stops at the same step."""
+        if self.world_size > 1 and distributed.any_rank(self.signals.requested is not None, self.device):
+            self.signals.requested = self.signals.requested or "a signal to another rank"
+        return self.signals.requested is not None
 
     def stop_if_preempted(self) -> None:
         if self.signals.requested:
@@ -496,10 +507,10 @@ class Searcher:
                 if self.config.valid_split == "test":
                     log(f"validation: {self.data.validation}")
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
-        # signals are caught in single-process runs only: ranks could see them at different steps
-        with self.signals if self.world_size == 1 else contextlib.nullcontext():
+        with self.signals:
             while self.epoch < last:
                 self.run_epoch(log)
+                self.stop_agreed()
                 self.stop_if_preempted()
         return self.finish()
 
@@ -511,8 +522,7 @@ class Searcher:
         self.epoch += 1
         record = self.epoch_record(train, valid, time.perf_counter() - start)
         if self.rank == 0:
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.run_dir / "log.jsonl", record)
             log(
                 f"epoch {record['epoch']}/{self.config.epochs}  train {record['train_loss']:.3f}/"
                 f"{record['train_acc']:.3f}  valid {record['valid_loss']:.3f}/{record['valid_acc']:.3f}  "
@@ -530,31 +540,28 @@ class Searcher:
         return derived
 
 
-def truncate_log(run_dir: Path, epochs_done: int) -> None:
-    """Drop log lines of epochs the checkpoint does not hold (killed between log write and checkpoint)."""
-    path = run_dir / "log.jsonl"
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs_done]  # header: no epoch
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def run_search(
     config: SearchConfig, run_dir, resume=False, rank=0, world_size=1, log=print, stop_after: int | None = None
 ):
-    """Run (or resume) a search in ``run_dir``; returns the derived architecture."""
+    """Run (or resume) a search in ``run_dir``, which rank 0 holds locked meanwhile; returns the derived
+    architecture."""
     run_dir = Path(run_dir)
-    if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-        searcher = Searcher(config, run_dir, rank, world_size)
-        searcher.load(ckpt)
+    with RunLock(run_dir) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
-            truncate_log(run_dir, searcher.epoch)
-    else:
-        if rank == 0 and (run_dir / "checkpoint.pt").exists():
-            raise FileExistsError(f"{run_dir} already holds a search; pass --resume to continue it or pick a new --out")
-        searcher = Searcher(config, run_dir, rank, world_size)
-    return searcher.run(log=log, stop_after=stop_after)
+            remove_orphans(run_dir)
+        if resume:
+            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+            searcher = Searcher(config, run_dir, rank, world_size)
+            searcher.load(ckpt)
+            if rank == 0:
+                truncate_log(run_dir, searcher.epoch)
+        else:
+            if rank == 0 and (run_dir / "checkpoint.pt").exists():
+                raise FileExistsError(
+                    f"{run_dir} already holds a search; pass --resume to continue it or pick a new --out"
+                )
+            searcher = Searcher(config, run_dir, rank, world_size)
+        return searcher.run(log=log, stop_after=stop_after)
 
 
 def stored_config(ckpt: dict) -> SearchConfig:

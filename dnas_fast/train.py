@@ -20,6 +20,7 @@ so every rank reports the same number); each rank draws the same drop-path masks
 train on one GPU); TF-NAS's drop-connect (0.2) is not built.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -52,13 +53,17 @@ from .genotype import (
     genotype_to_json,
     parse_nb201_arch_string,
 )
+from .guard import DivergedError, check_state
 from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
 from .precision import PRECISIONS, Precision
+from .preemption import Preempted, PreemptionSignals
+from .rundir import RunLock, append_line, remove_orphans, truncate_log
 from .settings import (
     at_least,
     below,
     check_call_args,
     check_fields,
+    check_module_fits,
     device_rule,
     one_of,
     setting,
@@ -115,7 +120,7 @@ class Architecture:
         return self.value
 
 
-def _from_json_value(data, where: str) -> Architecture:
+def architecture_from_json(data, where: str) -> Architecture:
     if isinstance(data, dict) and "normal" in data:
         return Architecture("darts", genotype_from_json(json.dumps(data)))
     if isinstance(data, str) and data.startswith("|"):
@@ -146,7 +151,7 @@ def resolve_architecture(text: str) -> Architecture:
             raise FileNotFoundError(f"{text} holds no genotype.json: is it a finished dnas-fast search?")
     if path.is_file():
         try:
-            return _from_json_value(json.loads(path.read_text()), str(path))
+            return architecture_from_json(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not JSON: {err}") from err
     raise ValueError(
@@ -305,10 +310,11 @@ def evaluate(model: nn.Module, split, device, precision: str = "fp32", arch=None
 class Trainer:
     """Owns the network, the optimizer and the run directory (rank 0 writes it)."""
 
-    def __init__(self, config: TrainConfig, run_dir, rank: int = 0, world_size: int = 1):
+    def __init__(self, config: TrainConfig, run_dir, rank: int = 0, world_size: int = 1, arch=None):
+        """``arch``: the :class:`Architecture` to train (a resumed run's stored copy), else ``config.arch``'s."""
         from .search import pick_device
 
-        self.arch = resolve_architecture(config.arch)
+        self.arch = arch or resolve_architecture(config.arch)
         self.config, self.sources = config.resolved(self.arch)
         config = self.config
         self.rank, self.world_size, self.run_dir = rank, world_size, Path(run_dir)
@@ -339,6 +345,8 @@ class Trainer:
                     f"the auxiliary head needs images of at least {smallest}px, got {self.data.image_size}px: "
                     f"pass --auxiliary false or data_args image_size"
                 )
+        check_module_fits(lambda: build_network(self.arch, config, self.data.in_channels, self.data.num_classes),
+                          self.device)  # fmt: skip
         self.net = build_network(self.arch, config, self.data.in_channels, self.data.num_classes).to(self.device)
         shape = (1, self.data.in_channels, self.data.image_size, self.data.image_size)
         self.params_mb, self.macs_m = count_parameters_mb(self.net), count_macs_m(self.net, shape)
@@ -355,6 +363,8 @@ class Trainer:
             nesterov=config.nesterov,
         )
         self.epoch = 0  # epochs completed
+        self.step_in_epoch, self.partial = 0, None  # inside the running epoch: steps done, running sums
+        self.signals = PreemptionSignals()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -363,8 +373,8 @@ class Trainer:
     def state(self) -> dict:
         return {
             "format": FORMAT, "config": dataclasses.asdict(self.config), "arch": self.arch.to_json(),
-            "epoch": self.epoch, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "partial": self.partial,
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
             "precision": self.precision.state_dict(),
         }  # fmt: skip
 
@@ -382,7 +392,9 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.precision.load_state_dict(ckpt["precision"])
         set_rng_state(ckpt["rng"])
-        self.epoch = ckpt["epoch"]
+        self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt.get("step_in_epoch", 0)
+        partial = ckpt.get("partial")
+        self.partial = partial and {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in partial.items()}
 
     def header(self) -> dict:
         settings = {
@@ -399,82 +411,124 @@ class Trainer:
             group["lr"] = lr
         if hasattr(net, "drop_path_prob"):
             net.drop_path_prob = config.drop_path_prob * self.epoch / config.epochs
-        self.data.train.set_epoch(self.epoch)
+        first = self.step_in_epoch  # > 0 when resuming inside this epoch
+        self.data.train.set_epoch(self.epoch, start_batch=first)
         self.model.train()
-        steps = len(self.data.train) if config.max_steps_per_epoch is None else config.max_steps_per_epoch
-        precision = self.precision
-        total_loss, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        steps = min(len(self.data.train), config.max_steps_per_epoch or len(self.data.train))
+        if self.partial is None:
+            zero = torch.zeros((), device=self.device)
+            self.partial = {"loss_sum": zero, "correct": zero.clone(), "seen": 0}
+        partial = self.partial
         bar = tqdm(
-            zip(range(steps), self.data.train),
-            total=min(steps, len(self.data.train)),
-            desc=f"epoch {self.epoch + 1}/{config.epochs}",
-            disable=None if self.rank == 0 else True,
-            leave=False,
-        )
+            zip(range(first, steps), self.data.train), total=steps, initial=first,
+            desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=None if self.rank == 0 else True, leave=False,
+        )  # fmt: skip
         start = time.perf_counter()
         for b, (x, y) in bar:
-            if config.cutout_length:
-                x = cutout(x, config.cutout_length, generator(AUGMENT, config.seed, self.epoch, self.rank, 7, b))
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            y = y.to(self.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                logits, logits_aux = split_logits(self.model(x))
-                loss = self.criterion(logits.float(), y)
-                if logits_aux is not None:
-                    loss = loss + config.auxiliary_weight * self.criterion(logits_aux.float(), y)
-            precision.scale(loss, "weights").backward()
-            precision.unscale_("weights", self.optimizer)  # before clipping
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            precision.step("weights", self.optimizer)
-            total_loss += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            loss, logits = self.train_step(b, x, y)
+            partial["loss_sum"] += loss.detach() * len(y)
+            partial["correct"] += (logits.detach().argmax(1) == y).sum()
+            partial["seen"] += len(y)
+            self.step_in_epoch = b + 1
             if not bar.disable:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        train_loss = (total_loss / seen).item()
+                rate = (b + 1 - first) * len(y) / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+            if self.step_in_epoch < steps and self.stop_agreed():
+                self.save()  # mid-epoch: resumes at the next step, same batches, same random draws
+                self.stop_if_preempted()
+        train_loss = (partial["loss_sum"] / partial["seen"]).item()
         if not math.isfinite(train_loss):  # divergence guard: never checkpoint a non-finite network
-            raise FloatingPointError(
-                f"training diverged in epoch {self.epoch + 1} (mean loss {train_loss}); the checkpoint of epoch "
-                f"{self.epoch} is kept: lower --lr or use --precision fp32, then --resume"
+            raise DivergedError(
+                f"diverged: non-finite training loss in epoch {self.epoch + 1}; stopped without saving, the "
+                f"checkpoint of epoch {self.epoch} is kept: lower --lr or use --precision fp32, then --resume"
             )
-        return {"train_loss": train_loss, "train_acc": (correct / seen).item(), "lr": lr,
+        train_acc = (partial["correct"] / partial["seen"]).item()
+        self.step_in_epoch, self.partial = 0, None
+        return {"train_loss": train_loss, "train_acc": train_acc, "lr": lr,
                 "drop_path_prob": getattr(net, "drop_path_prob", 0.0)}  # fmt: skip
 
-    def run(self, log=print, stop_after: int | None = None) -> dict:
-        from .search import peak_memory_mb
+    def train_step(self, b: int, x, y):
+        """One weight update on batch ``b`` of the epoch; returns (loss, logits)."""
+        config, precision = self.config, self.precision
+        if config.cutout_length:
+            x = cutout(x, config.cutout_length, generator(AUGMENT, config.seed, self.epoch, self.rank, 7, b))
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = y.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits, logits_aux = split_logits(self.model(x))
+            loss = self.criterion(logits.float(), y)
+            if logits_aux is not None:
+                loss = loss + config.auxiliary_weight * self.criterion(logits_aux.float(), y)
+        precision.scale(loss, "weights").backward()
+        precision.unscale_("weights", self.optimizer)  # before clipping
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), config.grad_clip)
+        precision.step("weights", self.optimizer)
+        return loss, logits
 
+    def stop_agreed(self) -> bool:
+        """Whether SIGTERM / SIGINT arrived here or, under torchrun, on any rank (every rank stops together)."""
+        if self.world_size > 1 and distributed.any_rank(self.signals.requested is not None, self.device):
+            self.signals.requested = self.signals.requested or "a signal to another rank"
+        return self.signals.requested is not None
+
+    def stop_if_preempted(self) -> None:
+        if self.signals.requested:
+            where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}" if self.step_in_epoch else (
+                f"the end of epoch {self.epoch}"
+            )  # fmt: skip
+            raise Preempted(
+                f"stopped by {self.signals.requested} at {where}; checkpoint written to {self.checkpoint_path}: "
+                "continue with --resume"
+            )
+
+    def save(self) -> None:
+        state = self.state()
+        check_state(state, f"in epoch {self.epoch + (1 if self.step_in_epoch else 0)}")  # every rank: no hang
+        if self.rank == 0:
+            atomic_torch_save(state, self.checkpoint_path)
+        if self.world_size > 1:
+            distributed.barrier()
+
+    def run(self, log=print, stop_after: int | None = None) -> dict:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.epoch == 0:
+            if not (self.run_dir / "log.jsonl").exists():  # a fresh run; a resumed one keeps its header
                 atomic_write_text(self.run_dir / "log.jsonl", json.dumps(self.header()) + "\n")
                 atomic_write_text(self.run_dir / "architecture.json", json.dumps(self.arch.to_json()) + "\n")
             log(f"{self.config.family} network: {self.params_mb:.3f} M params, {self.macs_m:.1f} M MACs")
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         record = None
-        while self.epoch < last:
-            start = time.perf_counter()
-            train = self.train_epoch()
-            if self.world_size > 1:  # DDP syncs BN statistics only at the start of a forward: take rank 0's
-                for buffer in self.net.buffers():
-                    torch.distributed.broadcast(buffer, 0)
-            test = evaluate(self.net, self.data.test, self.device, self.config.precision)
-            self.epoch += 1
-            record = {"epoch": self.epoch, **train, **test, "epoch_time": time.perf_counter() - start,
-                      "peak_memory_mb": peak_memory_mb(self.device)}  # fmt: skip
-            if self.rank == 0:
-                with open(self.run_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                log(
-                    f"epoch {self.epoch}/{self.config.epochs}  train {record['train_loss']:.3f}/"
-                    f"{record['train_acc']:.3f}  test {record['test_loss']:.3f}/{record['test_acc']:.4f} "
-                    f"(top-5 {record['test_top5']:.4f})  lr {train['lr']:.2e}  {record['epoch_time']:.1f}s"
-                )
-                atomic_torch_save(self.state(), self.checkpoint_path)
-            if self.world_size > 1:
-                distributed.barrier()
+        with self.signals:
+            while self.epoch < last:
+                record = self.run_epoch(log)
+                self.stop_agreed()
+                self.stop_if_preempted()
         return self.finish(record)
+
+    def run_epoch(self, log) -> dict:
+        """Train (or finish) one epoch, test, append its log.jsonl line, checkpoint; returns the line."""
+        from .search import peak_memory_mb
+
+        start = time.perf_counter()
+        train = self.train_epoch()
+        if self.world_size > 1:  # DDP syncs BN statistics only at the start of a forward: take rank 0's
+            for buffer in self.net.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        test = evaluate(self.net, self.data.test, self.device, self.config.precision)
+        self.epoch += 1
+        record = {"epoch": self.epoch, **train, **test, "epoch_time": time.perf_counter() - start,
+                  "peak_memory_mb": peak_memory_mb(self.device)}  # fmt: skip
+        if self.rank == 0:
+            append_line(self.run_dir / "log.jsonl", record)
+            log(
+                f"epoch {self.epoch}/{self.config.epochs}  train {record['train_loss']:.3f}/"
+                f"{record['train_acc']:.3f}  test {record['test_loss']:.3f}/{record['test_acc']:.4f} "
+                f"(top-5 {record['test_top5']:.4f})  lr {train['lr']:.2e}  {record['epoch_time']:.1f}s"
+            )
+        self.save()
+        return record
 
     def finish(self, record) -> dict:
         if record is None:  # nothing left to train: measure the stored network
@@ -487,14 +541,6 @@ class Trainer:
         return result
 
 
-def truncate_train_log(run_dir: Path, epochs_done: int) -> None:
-    path = run_dir / "log.jsonl"
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epochs_done]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def load_train_checkpoint(path) -> dict:
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -503,16 +549,26 @@ def load_train_checkpoint(path) -> dict:
 
 
 def run_train(config: TrainConfig, run_dir, resume=False, rank=0, world_size=1, log=print, stop_after=None) -> dict:
-    """Train (or resume) in ``run_dir``; returns the result (test accuracy, params, MACs)."""
+    """Train (or resume) in ``run_dir``, which rank 0 holds locked meanwhile; returns the result (test accuracy,
+    params, MACs). A resumed run trains the architecture its checkpoint stored (not ``config.arch``'s path again,
+    which may be relative to another working directory or changed since)."""
     run_dir = Path(run_dir)
-    if not resume and rank == 0 and (run_dir / "checkpoint.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a training run; pass --resume or pick a new --out")
-    trainer = Trainer(config, run_dir, rank, world_size)
-    if resume:
-        trainer.load(load_train_checkpoint(run_dir / "checkpoint.pt"))
+    with RunLock(run_dir) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
-            truncate_train_log(run_dir, trainer.epoch)
-    return trainer.run(log=log, stop_after=stop_after)
+            remove_orphans(run_dir)
+        if not resume:
+            if rank == 0 and (run_dir / "checkpoint.pt").exists():
+                raise FileExistsError(f"{run_dir} already holds a training run; pass --resume or pick a new --out")
+            trainer = Trainer(config, run_dir, rank, world_size)
+        else:
+            ckpt = load_train_checkpoint(run_dir / "checkpoint.pt")
+            trainer = Trainer(
+                config, run_dir, rank, world_size, arch=architecture_from_json(ckpt["arch"], "checkpoint")
+            )
+            trainer.load(ckpt)
+            if rank == 0:
+                truncate_log(run_dir, trainer.epoch)
+        return trainer.run(log=log, stop_after=stop_after)
 
 
 # ---- the child network of a search -----------------------------------------------------------------------
@@ -590,7 +646,7 @@ def eval_child(run_dir, recal_batches: int = 20, device: str = "auto", log=print
 
 # ---- command line ----------------------------------------------------------------------------------------
 def register_cli(subparsers) -> None:
-    from .cli import _bool_arg, _json_arg
+    from .cli import _bool_arg, _json_arg, positive_int
 
     p = subparsers.add_parser("train", help="train a derived architecture from scratch and report test accuracy")
     p.add_argument(
@@ -607,12 +663,12 @@ def register_cli(subparsers) -> None:
             p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse[kind], default=None)
     p.add_argument("--out", help="run directory (default runs/train-<arch>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--stop-after", type=int, help="train at most this many epochs now (resume later)")
-    p.add_argument("--threads", type=int, help="intra-op CPU threads (torch.set_num_threads)")
+    p.add_argument("--stop-after", type=positive_int, help="train at most this many epochs now (resume later)")
+    p.add_argument("--threads", type=positive_int, help="intra-op CPU threads (torch.set_num_threads)")
     p.set_defaults(func=cmd_train)
     p = subparsers.add_parser("eval-child", help="accuracy of a search's child network with inherited weights")
     p.add_argument("run_dir")
-    p.add_argument("--recal-batches", type=int, default=20, help="train batches for BN recalibration")
+    p.add_argument("--recal-batches", type=positive_int, default=20, help="train batches for BN recalibration")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval_child)
 

@@ -16,6 +16,7 @@ from functools import partial
 
 import torch
 
+from ..settings import check_fits
 from .imagefolder import FolderImages, FolderSplit, sample_per_class, scan_folder
 from .memory import TensorSplit
 from .sources import CIFAR_FORMATS, load_cifar, load_digits, load_npz
@@ -97,8 +98,7 @@ def build_search_data(
         raise ValueError(f"valid_split must be one of {VALID_SPLITS}, got {valid_split!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+    check_image_size(image_size, batch_size)
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
 
     if name == "imagefolder":
@@ -138,6 +138,16 @@ def build_search_data(
     train = make(train_idx, stream=0, what="train", **common)
     valid = make_valid(valid_idx, stream=1, **{**common, **valid_args})
     return SearchData(train, valid, in_channels, num_classes, image_size, name, validation)
+
+
+def check_image_size(image_size: int | None, batch_size: int) -> None:
+    """A positive side whose batches of 3-channel float32 images can fit in this machine's memory."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+    check_fits(f"image_size {image_size} (a batch of {batch_size})", 4 * 3 * batch_size * image_size**2,
+               torch.device("cpu"))  # fmt: skip
 
 
 def _check(**ints) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _IN_MEMORY, _check, known_datasets
+from . import _IN_MEMORY, _check, check_image_size, known_datasets
 from .imagefolder import FolderImages, FolderSplit, scan_folder
 from .memory import TensorSplit
 from .splits import Split, seeded_pool
@@ -39,6 +39,7 @@ def build_eval_data(
     if name not in known_datasets():
         raise ValueError(f"unknown data set {name!r}; known: {known_datasets()}")
     _check(batch_size=batch_size, seed=seed, world_size=world_size, num_workers=num_workers, limit=limit)
+    check_image_size(image_size, batch_size)
     common = dict(seed=seed, stream=0)
     test_batch = test_batch_size or batch_size
     if name == "imagefolder":

@@ -65,8 +65,11 @@ class FolderImages(Dataset):
     def __getitem__(self, key):
         index, epoch = key
         S = self.image_size
-        with Image.open(self.paths[index]) as img:
-            img = img.convert("RGB")
+        try:
+            with Image.open(self.paths[index]) as img:
+                img = img.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as err:  # not an image, truncated, or a pixel bomb
+            raise ValueError(f"imagefolder: {self.paths[index]} is not a readable image ({err})") from None
         if self.augment:
             gen = generator(AUGMENT, self.seed, epoch, index)
             left, top, w, h = random_resized_crop_box(*img.size, gen)

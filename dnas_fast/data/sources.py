@@ -1,6 +1,7 @@
 """Readers of in-memory training sets: built-in digits, CIFAR python pickles, and npz arrays."""
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +113,16 @@ def load_cifar(name: str, root) -> InMemory:
     return InMemory(x, y, 1 / 255, mean, std, num_classes, crop_padding=4, flip=True)
 
 
+def open_npz(path):
+    """``np.load`` of an .npz without pickle; a file that is no zip archive of arrays is refused in one line."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive (a zip of .npy arrays, as np.savez writes)")
+    return np.load(path, allow_pickle=False)
+
+
 def npz_arrays(path, keys) -> list[np.ndarray]:
     """The arrays ``keys`` of an .npz, numeric only (object arrays would need pickle, which may run code)."""
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         missing = set(keys) - set(f.files)
         if missing:
             raise ValueError(f"{path} lacks {sorted(missing)}; it holds {sorted(f.files)}")
@@ -159,7 +167,7 @@ def load_npz(root) -> InMemory:
 def npz_class_count(path, y_train: np.ndarray) -> int:
     """The number of classes: the length of the npz's ``classes`` (class names) when it holds one, which every
     label must then lie below; else the largest training label + 1."""
-    with np.load(path, allow_pickle=False) as f:
+    with open_npz(path) as f:
         has_names = "classes" in f.files
     if not has_names:
         return int(y_train.max()) + 1

@@ -13,7 +13,7 @@ import torch
 
 from .imagefolder import FolderImages, scan_folder
 from .memory import InMemory
-from .sources import CIFAR_FORMATS, _cifar_folder, npz_arrays, read_cifar_batch
+from .sources import CIFAR_FORMATS, _cifar_folder, npz_arrays, open_npz, read_cifar_batch
 from .splits import seeded_pool
 
 # The digits ship without a test split: this seeded share of them is held out instead.
@@ -53,7 +53,7 @@ def _cifar_test(name: str, root, train: InMemory) -> InMemory:
 
 
 def _npz_test(root, train: InMemory) -> InMemory:
-    with np.load(root, allow_pickle=False) as f:
+    with open_npz(root) as f:
         if not {"x_test", "y_test"} <= set(f.files):
             raise NoTestSplit(f"{root} holds no x_test / y_test test split (it holds {sorted(f.files)})")
     x, y = npz_arrays(Path(root), ("x_test", "y_test"))
