@@ -56,11 +56,16 @@ def _read_config_file(path: str) -> dict:
     if p.suffix == ".toml":
         import tomllib
 
-        return tomllib.loads(text)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+        values = tomllib.loads(text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: a search config must be a mapping of settings, not a "
+                         f"{type(values).__name__}")  # fmt: skip
+    return values
 
 
 # flag name -> SearchConfig field (flags default to None so that only what the user typed overrides)

@@ -98,11 +98,16 @@ def check_module_fits(make: Callable, device) -> None:
     check_fits("its weights, gradients and momentum", 3 * sum(t.nbytes for t in tensors), device)
 
 
+_TYPE_WORDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+               type(None): "unset (None)", dict: "a mapping", list: "a list", tuple: "a list"}  # fmt: skip
+
+
 def _type_name(hint) -> str:
     args = typing.get_args(hint)
-    if args:
+    if args and (isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union):
         return " or ".join(_type_name(a) for a in args)
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+    hint = typing.get_origin(hint) or hint
+    return _TYPE_WORDS.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def conforms(value, hint) -> bool:
@@ -152,8 +157,7 @@ def check_fields(config) -> None:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if not conforms(value, hints[f.name]):
-            finite = " (finite)" if "float" in _type_name(hints[f.name]) else ""
-            raise ValueError(f"{f.name} must be {_type_name(hints[f.name])}{finite}, got {value!r}")
+            raise ValueError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
         if isinstance(value, dict | list):
             check_json_like(f.name, value)
         check = f.metadata.get("check")

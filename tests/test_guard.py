@@ -40,10 +40,10 @@ def test_guard_names_the_first_bad_quantity_and_step_without_reading_back_per_st
         guard.check(1)
 
 
-def test_lr_nan_stops_the_cli_search_with_a_clear_message_and_saves_nothing(tmp_path, capsys):
+def test_a_huge_lr_stops_the_cli_search_with_a_clear_message_and_saves_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["search", "--space", "nb201", "--space-args", '{"C": 4, "N": 1}', "--data", "digits",
-                 "--epochs", "2", "--max-steps-per-epoch", "3", "--batch-size", "32", "--lr", "nan",
+                 "--epochs", "2", "--max-steps-per-epoch", "3", "--batch-size", "32", "--lr", "1e30",
                  "--out", str(out)])  # fmt: skip
     assert code == 3
     err = capsys.readouterr().err.strip().splitlines()

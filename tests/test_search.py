@@ -130,7 +130,7 @@ def test_config_file_and_flag_override(tmp_path):
         (["--space", "resnet"], "unknown search space 'resnet'"),
         (["--strategy", "enas"], "unknown strategy 'enas'"),
         (["--data", "mnist"], "mnist"),
-        (["--epochs", "0"], "epochs must be a positive integer"),
+        (["--epochs", "0"], "epochs must be >= 1"),
         (["--data", "cifar10", "--data-root", "/nonexistent/cifar"], "/nonexistent/cifar"),
     ],
     ids=["space", "strategy", "data", "epochs", "data-root"],

@@ -16,6 +16,7 @@ from dnas_fast.data.evaluation import build_eval_data
 from dnas_fast.data.sources import CIFAR_STATS
 from dnas_fast.data.splits import generator
 from dnas_fast.genotype import NAMED_GENOTYPES, genotype_to_json
+from dnas_fast.guard import DivergedError
 from dnas_fast.interop import load_authors_eval_state
 from dnas_fast.networks import NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
 from dnas_fast.search import SearchConfig, run_search
@@ -291,7 +292,7 @@ def test_eval_child_of_a_snas_run_uses_its_strategy_and_the_test_split(tmp_path)
 
 def test_divergence_stops_before_a_checkpoint_is_written(tmp_path):
     config = TrainConfig(arch="DARTS_V2", **{**TINY, "lr": 1e38, "grad_clip": 0.0})
-    with pytest.raises(FloatingPointError, match="diverged in epoch 1"):
+    with pytest.raises(DivergedError, match="diverged: non-finite training loss in epoch 1"):
         run_train(config, tmp_path, **quiet)
     assert not (tmp_path / "checkpoint.pt").exists()
 
