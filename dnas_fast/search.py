@@ -199,7 +199,7 @@ def blame_args(kind: str, name: str, user_args: dict):
 def checked_build(kind: str, name: str, user_args: dict, cls: type, args: dict | None = None, device=None):
     """``cls(**args)`` (default: the user's ``--{kind}-args``) with the user's arguments checked first and, given
     a ``device``, its weights' size measured on the meta device and refused if they cannot fit there."""
-    check_call_args(f"--{kind}-args", f"{kind} {name!r}", cls, user_args)
+    check_call_args(f"--{kind}-args", f"{kind} {name!r}", cls, user_args, sizes=kind == "space")
     args = user_args if args is None else args
     with blame_args(kind, name, user_args):
         if device is None:
@@ -224,7 +224,9 @@ class Searcher:
         self.strategy = checked_build(
             "strategy", config.strategy, config.strategy_args, strategy_class(config.strategy)
         )
-        check_call_args("--space-args", f"space {config.space!r}", space_class(config.space), config.space_args)
+        check_call_args(
+            "--space-args", f"space {config.space!r}", space_class(config.space), config.space_args, sizes=True
+        )
         config, self.sources = config.resolved(config.strategy, self.strategy.loop_preset)
         if config.channels_last is None:
             config.channels_last = channels_last_default(self.device)

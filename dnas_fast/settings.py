@@ -167,7 +167,7 @@ def check_fields(config) -> None:
 
 def _expected(parameter: inspect.Parameter):
     """(type, low) an argument must have: from its annotation, else from its default's type; a number keeps its
-    default's sign (a positive size stays >= 1, a non-negative rate >= 0). (None, None): anything goes."""
+    default's sign (a non-negative size, count or rate stays >= 0). (None, None): anything goes."""
     if parameter.annotation is not inspect.Parameter.empty and not isinstance(parameter.annotation, str):
         return parameter.annotation, None
     default = parameter.default
@@ -176,7 +176,7 @@ def _expected(parameter: inspect.Parameter):
     if isinstance(default, bool):
         return bool, None
     if isinstance(default, int):
-        return int, 1 if default >= 1 else 0 if default == 0 else None
+        return int, 0 if default >= 0 else None
     if isinstance(default, float):
         return float, 0 if default >= 0 else None
     return (list if isinstance(default, tuple) else type(default)), None
@@ -202,9 +202,10 @@ def parameters_of(fn: Callable) -> dict[str, inspect.Parameter]:
     return params
 
 
-def check_call_args(flag: str, what: str, fn: Callable, args: dict, reserved=()) -> None:
+def check_call_args(flag: str, what: str, fn: Callable, args: dict, reserved=(), sizes: bool = False) -> None:
     """``args`` fit ``fn``'s keyword parameters: known names, none of ``reserved`` (set elsewhere), types from
-    annotations or defaults, signs of numbers as the defaults'. The error names ``what`` and ``flag``
+    annotations or defaults, signs of numbers as the defaults' (``sizes``: an integer with a positive default, a
+    space's width, depth or node count, must be >= 1). The error names ``what`` and ``flag``
     (``space 'darts' cannot be built with --space-args {...}: C must be >= 1, got -4``)."""
 
     def refuse(reason):
@@ -220,6 +221,8 @@ def check_call_args(flag: str, what: str, fn: Callable, args: dict, reserved=())
         refuse(f"unknown {unknown}; known: {sorted(params)}")
     for name, value in args.items():
         hint, low = _expected(params[name])
+        if sizes and hint is int and isinstance(params[name].default, int) and params[name].default >= 1:
+            low = 1
         if hint is not None and not conforms(value, hint):
             refuse(f"{name} must be {_type_name(hint)}, got {value!r}")
         if low is not None and value < low:

@@ -203,6 +203,7 @@ BAD_INPUTS = {
     "data-args-key": (lambda t: [*SEARCH_ARGV, "--data-args", '{"foo": 1}'], "unknown ['foo']"),
     "data-args-seed": (lambda t: [*SEARCH_ARGV, "--data-args", '{"seed": 1}'], "['seed'] are set by other"),
     "space-C-neg": (lambda t: [*SEARCH_ARGV, "--space-args", '{"C": -4}'], "C must be >= 1, got -4"),
+    "space-N-zero": (lambda t: [*SEARCH_ARGV, "--space-args", '{"N": 0}'], "N must be >= 1, got 0"),
     "space-C-str": (lambda t: [*SEARCH_ARGV, "--space-args", '{"C": "x"}'], "C must be an integer, got 'x'"),
     "space-steps": (lambda t: [*SEARCH_ARGV, "--space", "darts", "--space-args", '{"steps": 0}'],
                     "steps must be >= 1, got 0"),
