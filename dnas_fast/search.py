@@ -3,8 +3,16 @@ architecture from one loss on the train split (single-level).
 
 Defaults are the DARTS paper's CIFAR-10 search settings (SGD momentum 0.9, lr 0.025 cosine to 0.001,
 weight decay 3e-4, grad clip 5, batch 64, 50 epochs; alphas: Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
-A strategy's ``loop_preset`` (its authors' search script) replaces any of these the user leaves unset;
-log.jsonl's first line records every effective setting and where it came from.
+A strategy's ``preset`` (its authors' search script, which may depend on the space: PC-DARTS's ImageNet stem)
+replaces any of these the user leaves unset, and may set space and strategy arguments the user did not set;
+log.jsonl's first line records every effective setting and where it came from (per key for ``space_args`` and
+``strategy_args`` where a preset set some).
+
+Loop details a preset may change: ``scheduler_step`` (``after``: the lr scheduler steps after each epoch;
+``before``: before each epoch as in the authors' PyTorch 0.4 scripts, so epoch ``e`` runs at the cosine value of
+``e + 1`` and the last epoch at ``lr_min``), ``lr_warmup_epochs`` (epoch ``e`` below it runs at ``lr_e * (e + 1) /
+lr_warmup_epochs``, PC-DARTS ``train_search_imagenet.py``). The strategy sets the step order, the validation
+sampling, per-epoch optimizer resets and early stops (:mod:`~dnas_fast.strategies.base`).
 
 ``valid_split``: ``train`` (default) splits the training set by ``train_portion`` (DARTS); ``test`` (single-level
 strategies only; SNAS's preset) gives the weights the whole training set and takes the validation numbers from
@@ -18,6 +26,7 @@ import json
 import math
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +47,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import VALID_SPLITS, build_search_data
+from .data.splits import derive_seed
 from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard, check_state
 from .precision import PRECISIONS, Precision
@@ -52,7 +62,14 @@ from .strategies.base import weight_optimizer
 # The loop settings a strategy's ``loop_preset`` may set. SearchConfig leaves them None ("not set by the user");
 # ``resolved`` fills them from the preset, else from here.
 LOOP_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": False,
-                 "weight_decay": 3e-4, "grad_clip": 5.0, "valid_split": "train"}  # fmt: skip
+                 "weight_decay": 3e-4, "grad_clip": 5.0, "valid_split": "train", "scheduler_step": "after",
+                 "lr_warmup_epochs": 0}  # fmt: skip
+SCHEDULER_STEPS = ("after", "before")
+# preset keys that are not settings: the dicts merged into the user's arguments, and the batch at or below which
+# a preset's lr warm-up is off (PC-DARTS ImageNet: ``if epoch < 5 and args.batch_size > 256``)
+PRESET_ARGS = ("space_args", "strategy_args")
+WARMUP_ABOVE_BATCH = "lr_warmup_above_batch"
+RANDOM_VALID = 3  # derive_seed stream of the per-step random validation batches (data.splits uses 0-2)
 
 
 # build_search_data's arguments that the config sets itself (--data-args may not)
@@ -100,6 +117,9 @@ class SearchConfig:
     nesterov: bool | None = None
     weight_decay: float | None = setting(None, at_least(0))
     grad_clip: float | None = setting(None, at_least(0))  # 0: no clipping
+    # "after" each epoch, or "before" it (the authors' PyTorch 0.4 order: epoch e runs at the value of e + 1)
+    scheduler_step: str | None = setting(None, one_of(SCHEDULER_STEPS))
+    lr_warmup_epochs: int | None = setting(None, at_least(0))  # linear lr warm-up: epoch e < W at lr_e (e + 1) / W
     memory_limit: str | None = setting(None, memory_rule)  # bound of batch_size "auto" ("8G"); CUDA: free memory
     scale_lr: bool = False  # lr (preset or default, not the user's) x batch_size / the preset's (default) batch
     seed: int = setting(0, below(2**63))
@@ -136,16 +156,22 @@ class SearchConfig:
             "--data-args", f"data set {self.data!r}", build_search_data, self.data_args, DATA_ARGS_FROM_CONFIG
         )
 
-    def resolved(self, strategy_name: str, preset: dict) -> tuple["SearchConfig", dict[str, str]]:
+    def resolved(self, strategy_name: str, preset: dict) -> tuple["SearchConfig", dict]:
         """(copy with every unset loop setting filled, {field: source}); a source is ``user``, ``default`` or
         ``preset:<strategy>``. A field outside ``LOOP_DEFAULTS`` counts as ``default`` while it equals its default.
-        ``batch_size`` ``"auto"`` and ``scale_lr`` stay to be applied (``Searcher.pick_batch_size``)."""
+        The preset's ``space_args`` / ``strategy_args`` fill the keys the user did not set; the source of such a
+        field is then ``{key: source}``. ``batch_size`` ``"auto"`` and ``scale_lr`` stay to be applied
+        (``Searcher.pick_batch_size``)."""
         values, sources = dataclasses.asdict(self), {}
         builtin = dataclasses.asdict(SearchConfig())
+        by_preset = f"preset:{strategy_name}"
         for name, value in values.items():
             if name in LOOP_DEFAULTS and value is None:
                 values[name] = preset.get(name, LOOP_DEFAULTS[name])
-                sources[name] = f"preset:{strategy_name}" if name in preset else "default"
+                sources[name] = by_preset if name in preset else "default"
+            elif name in PRESET_ARGS and set(preset.get(name, {})) - set(value):
+                values[name] = {**preset[name], **value}
+                sources[name] = {k: "user" if k in value else by_preset for k in values[name]}
             else:
                 sources[name] = "default" if name not in LOOP_DEFAULTS and value == builtin[name] else "user"
         config = SearchConfig(**values)
@@ -227,7 +253,12 @@ class Searcher:
         check_call_args(
             "--space-args", f"space {config.space!r}", space_class(config.space), config.space_args, sizes=True
         )
-        config, self.sources = config.resolved(config.strategy, self.strategy.loop_preset)
+        self.preset = self.strategy.preset(config.space, config.space_args)
+        preset_args = self.preset.get("strategy_args", {})
+        if set(preset_args) - set(config.strategy_args):  # the authors' values of arguments the user left
+            args = {**preset_args, **config.strategy_args}
+            self.strategy = checked_build("strategy", config.strategy, config.strategy_args, type(self.strategy), args)
+        config, self.sources = config.resolved(config.strategy, self.preset)
         if config.channels_last is None:
             config.channels_last = channels_last_default(self.device)
             self.sources["channels_last"] = f"default on {self.device.type}"
@@ -261,6 +292,10 @@ class Searcher:
         with blame_args("strategy", config.strategy, config.strategy_args):
             self.a_optimizer = self.strategy.make_arch_optimizer()
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, config.lr_min)
+        if config.scheduler_step == "before":  # the authors' first scheduler.step() before epoch 0
+            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": that is the point
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
         self.epoch = 0  # epochs completed
         # inside the running epoch: steps done, validation batches drawn in the current pass, running sums
         self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
@@ -284,11 +319,16 @@ class Searcher:
             self.auto_batch = autobatch.find_batch_size(config, probe, self.device, builder)
             config = dataclasses.replace(config, batch_size=self.auto_batch.batch)
             self.sources["batch_size"] = "auto"
-        reference = self.strategy.loop_preset.get("batch_size", LOOP_DEFAULTS["batch_size"])
+        reference = self.preset.get("batch_size", LOOP_DEFAULTS["batch_size"])
         if config.scale_lr and self.sources["lr"] != "user" and config.batch_size != reference:
             # linear scaling (Goyal et al. 2017): the preset's lr belongs to the preset's batch, a user's lr to none
             config = dataclasses.replace(config, lr=config.lr * config.batch_size / reference)
             self.sources["lr"] += f", scaled by batch {config.batch_size}/{reference}"
+        floor = self.preset.get(WARMUP_ABOVE_BATCH)
+        if config.lr_warmup_epochs and self.sources["lr_warmup_epochs"] != "user" and floor is not None:
+            if config.batch_size <= floor:  # the authors warm up only above this batch
+                config = dataclasses.replace(config, lr_warmup_epochs=0)
+                self.sources["lr_warmup_epochs"] += f", off at batch {config.batch_size} <= {floor}"
         return config
 
     def header(self) -> dict:
@@ -366,7 +406,7 @@ class Searcher:
     def context(self) -> StepContext:
         return StepContext(
             model=self.model, module=self.space, criterion=self.criterion, w_optimizer=self.w_optimizer,
-            a_optimizer=self.a_optimizer, lr=self.scheduler.get_last_lr()[0], grad_clip=self.config.grad_clip,
+            a_optimizer=self.a_optimizer, lr=self.w_optimizer.param_groups[0]["lr"], grad_clip=self.config.grad_clip,
             epoch=self.epoch, sync_grads=distributed.all_reduce_grads if self.world_size > 1 else (lambda p: None),
             precision=self.precision, guard=self.guard,
         )  # fmt: skip
@@ -375,11 +415,22 @@ class Searcher:
         """``split``'s batches on the device, in the network's memory format, the next one prefetched."""
         return split.to_device(self.device, self.memory_format)
 
+    def epoch_lr(self) -> float:
+        """The weight lr of the running epoch: the scheduler's, under a linear warm-up while one runs."""
+        lr, warmup = self.scheduler.get_last_lr()[0], self.config.lr_warmup_epochs
+        return lr * (self.epoch + 1) / warmup if self.epoch < warmup else lr
+
     def train_epoch(self) -> dict:
         config, strategy = self.config, self.strategy
         strategy.on_epoch_start(self.epoch, config.epochs)
         self.guard.start_epoch()
         first = self.step_in_epoch  # > 0 when resuming inside this epoch
+        if first == 0 and strategy.reset_optimizers:  # as optimizers built anew for the epoch (TF-NAS)
+            for optimizer in (self.w_optimizer, self.a_optimizer):
+                if optimizer is not None:
+                    optimizer.state.clear()
+        for group in self.w_optimizer.param_groups:
+            group["lr"] = self.epoch_lr()
         self.guard.epoch_start -= first  # the guard names steps within the epoch
         self.data.train.set_epoch(self.epoch, start_batch=first)
         self.data.valid.set_epoch(self.epoch, start_batch=self.valid_pos)
@@ -398,7 +449,9 @@ class Searcher:
         start = time.perf_counter()
         for step, (x, y) in bar:
             valid_batch = None
-            if self.arch_step_due():
+            if self.arch_step_due(step) and strategy.valid_sampling == "random":
+                valid_batch = self.random_valid_batch(step)
+            elif self.arch_step_due(step):
                 try:
                     valid_batch = next(valid_iter)
                 except StopIteration:  # a new pass over this epoch's validation order, from its start
@@ -421,6 +474,8 @@ class Searcher:
         self.guard.check(self.epoch)  # reads the device: the time below includes the queued work
         # the loop, not a strategy hook, counts and times the steps: an overridden step cannot skip them
         step_time = (time.perf_counter() - start) / (steps - first)
+        for group, lr in zip(self.w_optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # the scheduler's value (a warm-up epoch overrode it), which its next step reads
         self.scheduler.step()
         self.data.valid.set_epoch(self.epoch)  # evaluation reads the whole validation split
         self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
@@ -430,8 +485,18 @@ class Searcher:
             "step_time": step_time,
         }  # fmt: skip
 
-    def arch_step_due(self) -> bool:
-        return self.strategy.bilevel and not self.strategy.arch_frozen()
+    def arch_step_due(self, step: int = 0) -> bool:
+        """Whether step ``step`` of the running epoch takes an architecture step (and draws a validation batch)."""
+        return self.strategy.bilevel and not self.strategy.arch_frozen() and self.strategy.wants_arch_step(step)
+
+    def random_valid_batch(self, step: int):
+        """A random validation batch of its own for step ``step`` of the running epoch (PC-DARTS draws one with a
+        fresh iterator every step): the first batch of a shuffle keyed by ``(epoch, step)``, so a resumed run
+        draws the same one."""
+        valid = self.data.valid
+        valid.set_epoch(derive_seed(RANDOM_VALID, self.config.seed, self.epoch, step))
+        x, y = next(iter(valid.raw_batches()))  # one batch read, none prefetched
+        return valid.finish(x.to(self.device), self.memory_format), y.to(self.device)
 
     def search_step(self, ctx: StepContext, train_batch, valid_batch):
         """One step: the architecture update on ``valid_batch`` (None: none now), then the weight update;
@@ -442,15 +507,22 @@ class Searcher:
         return loss, logits
 
     def device_step(self, ctx: StepContext, train_batch, valid_batch):
-        """The step's device work, what ``cuda_graphs`` captures: both updates and the guard's checks."""
+        """The step's device work, what ``cuda_graphs`` captures: both updates, in the strategy's order, and the
+        guard's checks."""
+        if not self.strategy.weight_first:
+            self.arch_update(ctx, train_batch, valid_batch)
+        loss, logits = self.strategy.weight_step(ctx, train_batch)
+        if self.strategy.weight_first:
+            self.arch_update(ctx, train_batch, valid_batch)
+        self.guard.watch("loss", loss)
+        self.guard.watch_parameters("architecture parameters", self.strategy.arch_parameters())
+        return loss, logits
+
+    def arch_update(self, ctx: StepContext, train_batch, valid_batch) -> None:
         if valid_batch is not None:
             arch_loss = self.strategy.arch_step(ctx, train_batch, valid_batch).get("arch_loss")
             if arch_loss is not None:
                 self.guard.watch("architecture loss", arch_loss)
-        loss, logits = self.strategy.weight_step(ctx, train_batch)
-        self.guard.watch("loss", loss)
-        self.guard.watch_parameters("architecture parameters", self.strategy.arch_parameters())
-        return loss, logits
 
     def stop_agreed(self) -> bool:
         """Whether SIGTERM / SIGINT arrived here or, under torchrun, on any rank (one all-reduce per step): every
@@ -510,10 +582,12 @@ class Searcher:
                     log(f"validation: {self.data.validation}")
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         with self.signals:
-            while self.epoch < last:
+            while self.epoch < last and not self.strategy.search_done():
                 self.run_epoch(log)
                 self.stop_agreed()
                 self.stop_if_preempted()
+        if self.epoch < self.config.epochs and self.strategy.search_done() and self.rank == 0:
+            log(f"{self.config.strategy}: search done after epoch {self.epoch} of {self.config.epochs}")
         return self.finish()
 
     def run_epoch(self, log) -> None:

@@ -2,23 +2,35 @@
 changes; the search loop and the search spaces stay the same for all of them.
 
 Hooks, in the order the loop calls them:
+    preset(space, space_args)    the authors' settings for this space (loop, space and strategy arguments)
     adapt_space_config(cfg)      before the space is built (e.g. DARTS- adds the auxiliary skip path)
     setup(spec, device)          create the architecture parameters for the space's edge groups
     on_epoch_start(epoch, n)     schedules (temperature, decay, pruning)
+    wants_arch_step(step)        whether step ``step`` of the epoch (from 0) takes an architecture step (and so
+                                 draws a validation batch)
     arch_step(ctx, train, valid) the architecture update (bilevel strategies)
     weight_step(ctx, train)      the weight update (and the alphas too for single-level strategies)
+    search_done()                after each epoch: True ends the search early (ASAP once every edge holds one op)
     arch_weights(phase)          alphas -> per-edge weights and masks (``relax_all``, by default ``relax`` per
                                  group), plus the DARTS- auxiliary skip weight when ``aux_skip`` is set
     extra_loss(arch, phase)      added to the cross-entropy (resource or sparsity terms)
     extra_log()                  the strategy's own per-epoch log fields
     scores()/derive(space)       the final architecture
 
+Loop details a strategy sets as class attributes, each as its authors' search script: ``weight_first`` (the
+weight step before the architecture step: PR-DARTS, TF-NAS; default DARTS's order, architecture first),
+``valid_sampling`` (``"sequential"``: passes over the shuffled validation split, DARTS's ``next(valid_iter)``;
+``"random"``: a fresh random batch every step, PC-DARTS's ``next(iter(valid_queue))``), ``reset_optimizers``
+(clear both optimizers' state, momentum and Adam moments, at every epoch start: TF-NAS builds them anew each
+epoch) and ``arch_grad_clip`` (norm clip of the alpha gradients, in the architecture step or, single-level, in
+the weight step).
+
 The loop counts and times the steps itself and logs ``epoch_log()``: the option fields below, then
 ``extra_log()``'s. So an override of any hook, with or without ``super()``, cannot drop a logged field;
 ``epoch_log`` itself is not a hook (defining it in a subclass raises ``TypeError``).
 
 Two options compose with every strategy: ``aux_skip`` (DARTS-, Chu et al. ICLR 2021: an auxiliary skip path on
-every edge weighted by a beta decayed to 0 over the search) and ``hessian_eigenvalue`` (the dominant eigenvalue
+every edge weighted by a beta decayed to 0 over ``skip_beta_epochs``, 50 as the authors) and ``hessian_eigenvalue`` (the dominant eigenvalue
 of the validation-loss Hessian w.r.t. the alphas, logged per epoch).
 """
 
@@ -124,18 +136,23 @@ class Strategy(nn.Module):
         init_std: alphas start at ``init_std * randn`` (authors: 1e-3).
         warmup_epochs: epochs with frozen alphas (PC-DARTS: 15).
         aux_skip: DARTS- auxiliary skip connection with this beta schedule (``linear``, ``cosine``, ``step``)
-            or ``None`` (off). skip_beta: its initial weight beta0 (DARTS-: 1.0).
+            or ``None`` (off). skip_beta: its initial weight beta0 (DARTS-: 1.0). skip_beta_epochs: epochs over
+            which beta decays to 0 (Meituan-AutoML/DARTS- ``DecayScheduler(T_max=50)``, ``src/utils.py``, whatever
+            the run's length: 50); ``None``: over the run's own epochs.
         hessian_eigenvalue: log the dominant eigenvalue of the validation-loss Hessian w.r.t. the alphas each
             epoch (power iteration, ``hessian_iters`` Hessian-vector products, reference backend).
 
     ``loop_preset``: the authors' search-loop settings (``SearchConfig`` fields, e.g. ``{"batch_size": 256}``),
-    used where the user sets none; empty means the loop's defaults (DARTS's).
+    used where the user sets none; empty means the loop's defaults (DARTS's). ``preset`` may add to it by space.
     """
 
     name = ""
     bilevel = True
     loop_preset: dict = {}
-    arch_grad_clip: float | None = None  # norm clip of the alpha gradients in a single-level step
+    arch_grad_clip: float | None = None  # norm clip of the alpha gradients (architecture or single-level step)
+    weight_first = False  # the weight step before the architecture step
+    valid_sampling = "sequential"  # or "random": a fresh random validation batch every step
+    reset_optimizers = False  # clear the optimizers' state at every epoch start
 
     def __init__(
         self,
@@ -146,15 +163,18 @@ class Strategy(nn.Module):
         warmup_epochs=0,
         aux_skip: str | None = None,
         skip_beta: float = 1.0,
+        skip_beta_epochs: int | None = 50,
         hessian_eigenvalue: bool = False,
         hessian_iters: int = 20,
     ):
         super().__init__()
         if aux_skip is not None and aux_skip not in AUX_SKIP_SCHEDULES:
             raise ValueError(f"aux_skip must be None or one of {AUX_SKIP_SCHEDULES}, got {aux_skip!r}")
+        if skip_beta_epochs is not None and (not isinstance(skip_beta_epochs, int) or skip_beta_epochs < 1):
+            raise ValueError(f"skip_beta_epochs must be a positive integer or None, got {skip_beta_epochs!r}")
         self.arch_lr, self.arch_betas, self.arch_weight_decay = arch_lr, tuple(arch_betas), arch_weight_decay
         self.init_std, self.warmup_epochs = init_std, warmup_epochs
-        self.aux_skip, self.skip_beta = aux_skip, skip_beta
+        self.aux_skip, self.skip_beta, self.skip_beta_epochs = aux_skip, skip_beta, skip_beta_epochs
         self.hessian_eigenvalue, self.hessian_iters = hessian_eigenvalue, hessian_iters
         self.alphas = nn.ParameterDict()
         self.spec: dict[str, EdgeGroup] = {}
@@ -168,6 +188,11 @@ class Strategy(nn.Module):
             raise TypeError(f"{cls.__name__} defines epoch_log; return its own log fields from extra_log instead")
 
     # ---- setup -------------------------------------------------------------------------------------
+    def preset(self, space: str, space_args: dict) -> dict:
+        """The authors' settings for ``space`` built with the user's ``space_args``: ``loop_preset``'s loop settings,
+        optionally ``space_args`` and ``strategy_args`` dicts, each key applied where the user set none."""
+        return dict(self.loop_preset)
+
     def adapt_space_config(self, config: dict) -> dict:
         return {**config, "aux_skip": True} if self.aux_skip else config
 
@@ -217,8 +242,8 @@ class Strategy(nn.Module):
         return {group: self.relax(group, phase) for group in self.spec}
 
     def aux_beta(self) -> float:
-        """DARTS- beta of the current epoch (0 once ``epoch >= num_epochs``)."""
-        return aux_skip_beta(self.aux_skip, self.epoch, self.num_epochs, self.skip_beta)
+        """DARTS- beta of the current epoch (0 once ``epoch >= skip_beta_epochs``, or the run's epochs)."""
+        return aux_skip_beta(self.aux_skip, self.epoch, self.skip_beta_epochs or self.num_epochs, self.skip_beta)
 
     def arch_weights(self, phase: str) -> dict[str, ArchWeights]:
         arch = self.relax_all(phase)
@@ -240,6 +265,14 @@ class Strategy(nn.Module):
 
     def arch_frozen(self) -> bool:
         return self.epoch < self.warmup_epochs
+
+    def wants_arch_step(self, step: int) -> bool:
+        """Whether step ``step`` of the epoch (0-based, restarting every epoch) takes an architecture step."""
+        return True
+
+    def search_done(self) -> bool:
+        """Checked after every epoch: True ends the search there."""
+        return False
 
     def epoch_log(self) -> dict:
         """The strategy's fields of the per-epoch JSON log: those of the options every strategy composes with
@@ -295,8 +328,15 @@ class Strategy(nn.Module):
         ctx.a_optimizer.zero_grad(set_to_none=True)
         loss = self.arch_backward(ctx, valid_batch)
         ctx.sync_grads(self.arch_parameters())
+        self.clip_arch_grads(ctx)
         ctx.precision.step("arch", ctx.a_optimizer)
         return {"arch_loss": loss.detach()}  # a tensor: no host sync per step
+
+    def clip_arch_grads(self, ctx: StepContext) -> None:
+        """Norm-clip the alpha gradients of an architecture step at ``arch_grad_clip`` (None: no clip)."""
+        if self.arch_grad_clip is not None:
+            ctx.precision.unscale_("arch", ctx.a_optimizer)
+            nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip, foreach=True)
 
     def weight_step(self, ctx: StepContext, train_batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One weight step; single-level strategies update the alphas from the same loss."""
@@ -307,7 +347,7 @@ class Strategy(nn.Module):
         loss, logits = self.loss(ctx, *train_batch, "weights")
         ctx.precision.scale(loss, "weights").backward()
         ctx.precision.unscale_("weights", ctx.w_optimizer)
-        ctx.watch_grad_norm(nn.utils.clip_grad_norm_(ctx.module.parameters(), ctx.grad_clip, foreach=True))
+        ctx.watch_grad_norm(nn.utils.clip_grad_norm_(self.weight_clip_set(ctx), ctx.grad_clip, foreach=True))
         optimizers = [ctx.w_optimizer]
         if single_level:
             ctx.sync_grads(self.arch_parameters())
@@ -317,6 +357,10 @@ class Strategy(nn.Module):
             optimizers.append(ctx.a_optimizer)
         ctx.precision.step("weights", *optimizers)
         return loss.detach(), logits.detach()
+
+    def weight_clip_set(self, ctx: StepContext) -> list[torch.Tensor]:
+        """The tensors whose gradients the weight step norm-clips together at ``grad_clip``: the weights."""
+        return list(ctx.module.parameters())
 
     # ---- derivation --------------------------------------------------------------------------------
     def scores(self) -> dict[str, torch.Tensor]:

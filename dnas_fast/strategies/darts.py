@@ -3,6 +3,8 @@
 First order: eq. 6 with xi = 0. Second order: eq. 7 with the unrolled step
 ``w' = w - xi * (momentum * buf + grad_w L_train + wd * w)`` (xi = the current weight lr, as in the authors'
 ``architect.py``) and the finite-difference Hessian-vector product of eq. 8 (epsilon = 0.01 / ||grad_w' L_val||).
+Follows quark0/darts ``cnn/train_search.py`` and ``cnn/architect.py``: the architecture step before the weight step,
+a sequential pass over the validation split, no clip on the alpha gradients (``arch_grad_clip`` adds one).
 """
 
 import torch
@@ -15,11 +17,13 @@ from .base import StepContext, Strategy, register_strategy
 class Darts(Strategy):
     name = "darts"
 
-    def __init__(self, order: int = 1, fd_radius: float = 1e-2, **kwargs):
+    def __init__(self, order: int = 1, fd_radius: float = 1e-2, arch_grad_clip: float | None = None, **kwargs):
         super().__init__(**kwargs)
         if order not in (1, 2):
             raise ValueError(f"DARTS order must be 1 or 2, got {order}")
-        self.order, self.fd_radius = order, fd_radius
+        if arch_grad_clip is not None and not arch_grad_clip > 0:
+            raise ValueError(f"arch_grad_clip must be positive or None, got {arch_grad_clip}")
+        self.order, self.fd_radius, self.arch_grad_clip = order, fd_radius, arch_grad_clip
 
     def arch_step(self, ctx: StepContext, train_batch, valid_batch) -> dict:
         if self.order == 1:
@@ -30,6 +34,7 @@ class Darts(Strategy):
         for alpha, g in zip(self.arch_parameters(), grads):
             alpha.grad = g
         ctx.sync_grads(self.arch_parameters())
+        self.clip_arch_grads(ctx)
         ctx.precision.step("arch", ctx.a_optimizer)
         return {"arch_loss": loss}
 

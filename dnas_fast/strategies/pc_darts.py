@@ -12,7 +12,22 @@ What the paper changes, with the authors' defaults (yuhuixu1993/PC-DARTS ``train
   scale into the op weights and add ``(beta - 1) * bypass`` on the bypass channels (one pass over them).
 - warm-up: alphas and betas frozen for the first 15 epochs; alphas Adam lr 6e-4 (wd 1e-3).
 - genotype from op weight times edge weight (the authors' ``_parse(softmax(alpha) * edge weights)``).
-- search loop (``loop_preset``, ``train_search.py`` lines 24-26): batch 256, weight lr 0.1 cosine to 0.
+- search loop (``loop_preset``, ``train_search.py`` lines 24-26): batch 256, weight lr 0.1 cosine to 0, the
+  scheduler stepped before each epoch (PyTorch 0.4: epoch ``e`` runs at the cosine value of ``e + 1``, the last
+  epoch at lr 0; ``scheduler_step="before"``); the architecture step before the weight step, on a fresh random
+  validation batch every step (``next(iter(valid_queue))``: ``valid_sampling="random"``); weights clipped at 5,
+  the alphas and betas not.
+- ImageNet (``train_search_imagenet.py``, ``model_search_imagenet.py``; the preset of a ``darts`` space built with
+  ``imagenet=True``, the two-stage stride-2 stem): batch 1024, lr 0.5 cosine to 0 stepped before each epoch, a
+  linear warm-up ``lr * (e + 1) / 5`` over epochs 0-4 when the batch exceeds 256, momentum 0.9, wd 3e-4, 50
+  epochs, grad clip 5 on the weights and (``arch_grad_clip``) on the alphas and betas, alphas Adam lr 6e-3 with
+  wd 1e-3, architecture steps from epoch 35 (``--begin``), first order, K = 2, validation batches in a sequential
+  pass (their ``next(valid_queue_iter)``). The 10% / 2.5% per-class subset is the ``imagefolder`` data's default.
+
+Remaining deviations, with reasons: the ImageNet validation pass follows our per-epoch shuffle (theirs is the
+unshuffled folder order, ``shuffle=False``), so every architecture step does not see the classes in file order;
+random validation batches are seeded by ``(seed, epoch, step)`` rather than drawn from the global RNG, so a
+resumed search draws the same ones.
 """
 
 import torch
@@ -27,14 +42,29 @@ from .darts import Darts
 @register_strategy
 class PcDarts(Darts):
     name = "pc-darts"
-    loop_preset = {"batch_size": 256, "lr": 0.1, "lr_min": 0.0}
+    loop_preset = {"batch_size": 256, "lr": 0.1, "lr_min": 0.0, "scheduler_step": "before"}
+    imagenet_preset = {
+        "epochs": 50, "batch_size": 1024, "lr": 0.5, "lr_min": 0.0, "momentum": 0.9, "weight_decay": 3e-4,
+        "grad_clip": 5.0, "scheduler_step": "before", "lr_warmup_epochs": 5, "lr_warmup_above_batch": 256,
+        "strategy_args": {"arch_lr": 6e-3, "warmup_epochs": 35, "arch_grad_clip": 5.0, "valid_sampling": "sequential"},
+    }  # fmt: skip
 
-    def __init__(self, k: int | None = None, arch_lr: float = 6e-4, warmup_epochs: int = 15, **kwargs):
+    def __init__(
+        self, k: int | None = None, arch_lr: float = 6e-4, warmup_epochs: int = 15, valid_sampling: str = "random",
+        **kwargs,
+    ):  # fmt: skip
         super().__init__(arch_lr=arch_lr, warmup_epochs=warmup_epochs, **kwargs)
         if k is not None and (not isinstance(k, int) or k < 1):
             raise ValueError(f"PC-DARTS k (partial-channel divisor) must be a positive integer, got {k!r}")
-        self.k = k
+        if valid_sampling not in ("random", "sequential"):
+            raise ValueError(f"valid_sampling must be 'random' or 'sequential', got {valid_sampling!r}")
+        self.k, self.valid_sampling = k, valid_sampling
         self.betas = nn.ParameterDict()
+
+    def preset(self, space, space_args):
+        if space == "darts" and space_args.get("imagenet"):
+            return {**self.imagenet_preset, "strategy_args": dict(self.imagenet_preset["strategy_args"])}
+        return super().preset(space, space_args)
 
     def adapt_space_config(self, config: dict) -> dict:
         k = self.k if self.k is not None else (2 if config.get("imagenet") else 4)

@@ -29,7 +29,15 @@ Search", NeurIPS 2020), as salesforce/PR-DARTS runs it: the search script its RE
 - Loop (``loop_preset``, ``configs/PRDARTS-NASNet-optimizer.config`` lines 3-12, the default ``--config_path``
   of ``test_PRDARTS.py`` line 247): 200 epochs, batch 250, SGD lr 0.025 cosine to 0.001, momentum 0.9, weight
   decay 5e-4, Nesterov; alphas Adam 3e-4, (0.5, 0.999), wd 1e-3 (script line 118, lines 251-252), the base
-  defaults.
+  defaults. On the DARTS space the preset also sets the network of ``configs/PRDARTS-NASNet-archs.config``: C=16,
+  N=2, i.e. ``layers=6`` (``search_model_prdarts_nasnet.py``: ``[C] * N + [2C] * N + [4C] * N``, reductions at
+  cells 2 and 4, as ``DartsSpace(layers=6)``), where the user sets no ``C`` / ``layers``.
+- Step order (script ``search_func``, lines 30-49): the weight step, then the architecture step on the same
+  step's validation batch (``weight_first``). The weight step clips ``network.parameters()`` at norm 5, the
+  alphas included (they are ``nn.Parameter`` of the network): their gradients then hold the previous architecture
+  step's gradient plus the training loss's (``a_optimizer.zero_grad()`` runs only before the architecture
+  backward), and all of them count in the norm that scales the weight gradients (:meth:`PrDarts.weight_clip_set`;
+  the alpha gradients are carried in a buffer, so a resumed search clips the same).
 
 Remaining deviations, with reasons:
 - The per-epoch validation (``eval`` phase, which the authors do not have) uses the noise-free gates (their
@@ -42,10 +50,12 @@ Remaining deviations, with reasons:
   chain as the edges whose source is the previous node, so every space works; terms are averaged over the
   space's edge groups (the authors' 0.5 for their two cell types). Ops outside an edge's allowed subset
   (R-DARTS spaces) never open.
-- Their search network (D-X-Y's NASNet search cell, ``search_cells.py``, ``cell_operations.py``) is C=16 with 6
-  cells (``configs/PRDARTS-NASNet-archs.config``: N=2; ``--space-args '{"C": 16, "layers": 6}'`` here), its
-  pools have no BatchNorm and its BatchNorms keep no running statistics (``--track_running_stats 0``): these
-  belong to the search space, which stays the DARTS network.
+- Their search network (D-X-Y's NASNet search cell, ``search_cells.py``, ``cell_operations.py``) has a final
+  BatchNorm-ReLU before the pooling, pools without BatchNorm and BatchNorms that keep no running statistics
+  (``--track_running_stats 0``): these belong to the search space, which stays the DARTS network (its size is
+  theirs through the preset).
+- Their lr follows D-X-Y's per-step cosine (``w_scheduler.update(None, step / len(loader))``, line 26); ours steps
+  once per epoch. Under fp16 the alpha gradients in the weight clip carry the architecture loss scale.
 """
 
 import math
@@ -68,6 +78,8 @@ class PrDarts(Darts):
     name = "pr-darts"
     loop_preset = {"epochs": 200, "batch_size": 250, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
                    "weight_decay": 5e-4, "nesterov": True}  # fmt: skip
+    space_preset = {"darts": {"C": 16, "layers": 6}}  # configs/PRDARTS-NASNet-archs.config: C=16, N=2
+    weight_first = True  # test_PRDARTS.py search_func: weights, then the architecture
 
     def __init__(
         self,
@@ -96,6 +108,34 @@ class PrDarts(Darts):
         self._opened: dict[str, torch.Tensor] = {}  # device masks of the latest relax_all, for the regulariser
         self._last_regularizer = None  # Tensor[] of the latest architecture step, read once per epoch
         self._columns: dict = {}  # (group, device, dtype) -> op-group masks, built once (no copy per step)
+
+    def preset(self, space, space_args):
+        preset = super().preset(space, space_args)
+        if space in self.space_preset:
+            preset["space_args"] = dict(self.space_preset[space])
+        return preset
+
+    def setup(self, spec, device=None) -> None:
+        super().setup(spec, device)
+        for name, alpha in self.alphas.items():  # the alpha gradients the next weight step's clip counts
+            self.register_buffer(f"carried_grad_{name}", torch.zeros_like(alpha))
+
+    def weight_clip_set(self, ctx):
+        """The weights and the alphas, as the authors' ``clip_grad_norm_(network.parameters(), 5)``."""
+        return [*super().weight_clip_set(ctx), *self.arch_parameters()]
+
+    def arch_step(self, ctx, train_batch, valid_batch) -> dict:
+        out = super().arch_step(ctx, train_batch, valid_batch)
+        with torch.no_grad():
+            for name, alpha in self.alphas.items():
+                getattr(self, f"carried_grad_{name}").copy_(alpha.grad)
+        return out
+
+    def weight_step(self, ctx, train_batch):
+        for name, alpha in self.alphas.items():
+            if alpha.grad is None:  # a resumed search: the gradients the last architecture step left
+                alpha.grad = getattr(self, f"carried_grad_{name}").clone()
+        return super().weight_step(ctx, train_batch)
 
     def tau(self) -> float:
         return linear_anneal(self.tau_max, self.tau_min, self.epoch, self.num_epochs)

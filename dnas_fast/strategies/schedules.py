@@ -8,10 +8,12 @@ STEP_LEVELS = 4  # the ``step`` schedule holds 1, 3/4, 1/2, 1/4 of beta0 for a q
 
 
 def aux_skip_beta(schedule: str, epoch: int, num_epochs: int, beta0: float = 1.0) -> float:
-    """DARTS- auxiliary skip weight at ``epoch`` (Meituan-AutoML/DARTS- ``DecayScheduler`` with T_max = epochs).
+    """DARTS- auxiliary skip weight at ``epoch`` of a decay over ``num_epochs`` epochs (Meituan-AutoML/DARTS-
+    ``src/utils.py`` ``DecayScheduler``, ``T_max = T_stop = 50`` in ``src/search/args.py`` whatever the run's
+    length; strategies pass their ``skip_beta_epochs``).
 
-    linear: ``beta0 * (1 - e / E)``; cosine: ``beta0 * (1 + cos(pi * e / E)) / 2``; step: ``beta0`` times a
-    staircase of ``STEP_LEVELS`` levels. All reach 0 at ``e = E`` (the end of the search) and stay there.
+    linear: ``beta0 * (1 - e / E)``; cosine: ``beta0 * (1 + cos(pi * e / E)) / 2``; step (ours, not the
+    authors'): ``beta0`` times a staircase of ``STEP_LEVELS`` levels. All reach 0 at ``e = E`` and stay there.
     """
     if schedule not in AUX_SKIP_SCHEDULES:
         raise ValueError(f"unknown aux_skip schedule {schedule!r}; known: {', '.join(AUX_SKIP_SCHEDULES)}")

@@ -39,11 +39,15 @@ Files below are SNAS-Series ``SNAS/...`` at commit 9a43adb.
   test split for validation and the per-epoch genotype log (digits: a seeded 20% held out; without a test split a
   logged fallback to the ``train_portion`` split).
 
-Remaining deviations: costs are measured on our op modules (:mod:`.costs`), not their closed forms
-(``operations.py``: e.g. their MAC counts the BN and ReLU passes); drop-path reaches DARTS cells only
-(``ArchWeights.drop_path``; the authors have no other space); their LR schedule one epoch ahead
-(``scheduler.step()`` before each epoch under PyTorch 0.4) is not reproduced; their ``--ratio`` (1) and auxiliary
-head (off) are not built.
+- Costs (``operations.py``): each op's ``size``, ``flops`` and ``mac`` counted op by op as their op classes do
+  (:mod:`.costs`), ``skip_connect`` included (identity: ``mac = 2 C H W``; stride 2: FactorizedReduce, its input
+  read twice).
+- LR schedule (``train_search.py`` 324-325): ``scheduler.step()`` before each epoch under PyTorch 0.4, so epoch
+  ``e`` runs at the cosine value of ``e + 1``: ``loop_preset`` ``scheduler_step="before"``.
+
+Remaining deviations, with reasons: drop-path reaches DARTS cells only (``ArchWeights.drop_path``; the authors
+have no other space); ops of other spaces that ``operations.py`` does not define are costed by measurement
+(:func:`~dnas_fast.strategies.costs.op_cost`); their ``--ratio`` (1) and auxiliary head (off) are not built.
 """
 
 import copy
@@ -68,7 +72,8 @@ LINEAR_WEIGHTS = {"params": 0.43 * 2, "flops": 0.43 / 4000, "mac": 0.43 / 100}  
 class Snas(Strategy):
     name = "snas"
     bilevel = False
-    loop_preset = {"epochs": 150, "valid_split": "test"}  # SNAS-Series SNAS/train_search.py 31, 277-278
+    # SNAS-Series SNAS/train_search.py 31, 277-278, 324-325
+    loop_preset = {"epochs": 150, "valid_split": "test", "scheduler_step": "before"}
     arch_grad_clip = 10.0  # train_search.py 505
 
     def __init__(

@@ -5,7 +5,7 @@ a latency target, on the ``mbconv`` space.
   drawn uniformly from the remaining ops; the network runs once per path with only that op per block
   (MixedEdge masks) and the two losses are summed. Warm-up epochs run the Gumbel path only (authors'
   ``train_wo_arch``). All paths of a step come from one host copy of the alphas.
-* Architecture step (every ``arch_every`` weight steps): Gumbel-softmax over all candidates with temperature
+* Architecture step (after every ``arch_every``-th weight step of an epoch): Gumbel-softmax over all candidates with temperature
   ``tau`` (5, x0.96 per architecture epoch), sink depth weights ``softmax(beta)``, loss
   ``CE + lambda * |LAT / target - 1|`` with the expected LUT latency (lambda 0.1), Adam lr 0.01,
   betas (0.5, 0.999), wd 5e-4, grad clip 5; the alphas are kept log-normalised (authors' log_softmax).
@@ -17,6 +17,16 @@ a latency target, on the ``mbconv`` space.
 * Search loop (``loop_preset``, ``train_search.py`` lines 43-47 and 112, as ``example.sh`` runs it): 90 epochs,
   batch 32, weight decay 1e-5, cosine to 0 (``CosineAnnealingLR`` without ``eta_min``); lr 0.025, momentum 0.9
   and grad clip 5 are the loop's defaults.
+* Step order (``train_search.py`` ``train_w_arch``): the weight step, then, when ``step % 2 == 0`` with ``step``
+  restarting at 0 every epoch (``enumerate(train_queue)``), the architecture step on a validation batch drawn
+  only then, from an iterator built anew every epoch (``weight_first``, ``wants_arch_step``).
+* Optimizers (``train_search.py`` epoch loop): the weights' SGD and the alphas' Adam are built anew every epoch,
+  so momentum and Adam moments restart each epoch (``reset_optimizers``); ``keep_optimizer_state=True`` keeps
+  them across epochs instead (not the authors').
+
+Remaining deviations, with reasons: the supernet is not rebuilt and reloaded every epoch (the authors' way of
+applying the elastic widths): widths are channel masks on one network, which gives the same forward; the epoch's
+validation numbers use the argmax architecture (the authors validate the last 5 epochs on Gumbel samples).
 """
 
 import json
@@ -101,15 +111,18 @@ class TFNAS(Strategy):
     warmup_epochs: weight-only epochs (authors: 10 of 90). arch_every: weight steps per arch step (2).
     elastic_width: fit the widths to the target after each architecture epoch and at derivation.
     lut_repeats: timed runs per entry when measuring a table on the fly.
+    keep_optimizer_state: keep SGD momentum and Adam moments across epochs (default False: reset every epoch
+        as the authors' optimizers built anew each epoch).
     """
 
     name = "tf-nas"
     loop_preset = {"epochs": 90, "batch_size": 32, "weight_decay": 1e-5, "lr_min": 0.0}
+    weight_first = True  # train_w_arch: the weight step, then the architecture step
 
     def __init__(
         self, latency_target=None, latency_table=None, latency_device=None, lambda_lat=0.1, tau=5.0,
         tau_decay=0.96, warmup_epochs=10, arch_every=2, elastic_width=True, lut_repeats=30, arch_lr=0.01,
-        arch_betas=(0.5, 0.999), arch_weight_decay=5e-4, arch_grad_clip=5.0, **kwargs,
+        arch_betas=(0.5, 0.999), arch_weight_decay=5e-4, arch_grad_clip=5.0, keep_optimizer_state=False, **kwargs,
     ):  # fmt: skip
         super().__init__(arch_lr=arch_lr, arch_betas=arch_betas, arch_weight_decay=arch_weight_decay,
                          warmup_epochs=warmup_epochs, **kwargs)  # fmt: skip
@@ -121,9 +134,10 @@ class TFNAS(Strategy):
         self.latency_table, self.latency_device = latency_table, latency_device
         self.lambda_lat, self.tau0, self.tau_decay, self.arch_every = lambda_lat, tau, tau_decay, arch_every
         self.elastic_width, self.lut_repeats, self.arch_grad_clip = elastic_width, lut_repeats, arch_grad_clip
+        self.keep_optimizer_state = keep_optimizer_state
+        self.reset_optimizers = not keep_optimizer_state
         # schedule state in buffers so a checkpoint resumes bit for bit
         self.register_buffer("tau", torch.tensor(float(tau), dtype=torch.float64))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("width_epoch", torch.tensor(-1))
         self.table = None  # LatencyTable, saved through get_extra_state
         self._latency = self._block_lat = None  # per-space caches, rebuilt from the space
@@ -248,17 +262,17 @@ class TFNAS(Strategy):
                 f"{space.config['resolution']}: pass --space-args '{{\"resolution\": {x.shape[-1]}, ...}}'"
             )
 
+    def wants_arch_step(self, step: int) -> bool:
+        return step % self.arch_every == 0  # authors: ``if step % 2 == 0``, step restarting every epoch
+
     def arch_step(self, ctx: StepContext, train_batch, valid_batch) -> dict:
-        if int(self.steps) % self.arch_every:  # authors: an arch step on every other weight step
-            return {}
         self._check_resolution(ctx.module, valid_batch[0])
         self._prepare(ctx.module)
         self.remember_arch_batch(ctx, valid_batch)
         ctx.a_optimizer.zero_grad(set_to_none=True)
         self.arch_backward(ctx, valid_batch)
         ctx.sync_grads(self.arch_parameters())
-        ctx.precision.unscale_("arch", ctx.a_optimizer)
-        nn.utils.clip_grad_norm_(self.arch_parameters(), self.arch_grad_clip, foreach=True)
+        self.clip_arch_grads(ctx)
         ctx.precision.step("arch", ctx.a_optimizer)
         with torch.no_grad():
             self._normalise()
@@ -268,7 +282,6 @@ class TFNAS(Strategy):
         x, y = train_batch
         self._check_resolution(ctx.module, x)
         self._prepare(ctx.module)
-        self.steps += 1
         ctx.w_optimizer.zero_grad(set_to_none=True)
         total, first_logits = 0.0, None
         for idx in self.sample_paths(bi=not self.arch_frozen()):
