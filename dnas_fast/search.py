@@ -641,8 +641,11 @@ def run_search(
 
 
 def stored_config(ckpt: dict) -> SearchConfig:
-    """The resolved config a checkpoint holds; one saved before ``valid_split`` existed used the ``train`` split."""
-    return SearchConfig.from_dict({"valid_split": "train", **ckpt["config"]})
+    """The resolved config a checkpoint holds; one saved before ``valid_split``, ``scheduler_step`` or
+    ``lr_warmup_epochs`` existed ran with the ``train`` split, the scheduler stepped after each epoch, no warm-up."""
+    return SearchConfig.from_dict(
+        {"valid_split": "train", "scheduler_step": "after", "lr_warmup_epochs": 0, **ckpt["config"]}
+    )
 
 
 def config_from_checkpoint(path) -> SearchConfig:

@@ -199,7 +199,8 @@ def record_steps(monkeypatch, cls, calls):
 
 
 def tf_nas_config(tmp_path, **strategy_args):
-    from tests.test_tfnas import TINY as MB, synthetic_table
+    from tests.test_tfnas import TINY as MB
+    from tests.test_tfnas import synthetic_table
 
     space_args = {k: v for k, v in MB.items() if k not in ("in_channels", "num_classes")}
     space_args["stages"] = [[8, 1, 1, "relu"], [16, 1, 2, "swish"]]
@@ -297,13 +298,19 @@ def test_pc_darts_draws_a_fresh_random_validation_batch_every_step(monkeypatch, 
     assert not all(torch.equal(a, b) for (_, a), b in zip(got, sequential))  # not one pass over the split
 
 
+def ramp_loss(arch, phase):
+    """A large loss whose alpha gradient is far above norm 5."""
+    return 1e4 * sum(
+        (a.weights * torch.arange(a.weights.shape[-1], dtype=a.weights.dtype)).sum() for a in arch.values()
+    )
+
+
 def test_arch_grad_clip_in_the_architecture_step():
     """ASAP (d1_asap.run_config: the alphas' Adam clips at norm 5) and PC-DARTS ImageNet (clip_grad_norm_ on the
     architecture parameters) clip the alpha gradients of the architecture step."""
     for name, args in (("asap", {}), ("pc-darts", {"arch_grad_clip": 5.0, "warmup_epochs": 0})):
         strategy, model, ctx = tiny(name, dtype=torch.float64, **args)
-        ramp = lambda w: w * torch.arange(w.shape[-1], dtype=w.dtype)  # noqa: E731
-        strategy.extra_loss = lambda arch, phase: 1e4 * sum(ramp(a.weights).sum() for a in arch.values())
+        strategy.extra_loss = ramp_loss
         ctx.a_optimizer.step = lambda: None
         strategy.arch_step(ctx, batch(dtype=torch.float64), batch(seed=2, dtype=torch.float64))
         norm = torch.linalg.vector_norm(torch.cat([a.grad.flatten() for a in strategy.arch_parameters()]))

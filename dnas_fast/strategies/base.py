@@ -30,8 +30,9 @@ The loop counts and times the steps itself and logs ``epoch_log()``: the option 
 ``epoch_log`` itself is not a hook (defining it in a subclass raises ``TypeError``).
 
 Two options compose with every strategy: ``aux_skip`` (DARTS-, Chu et al. ICLR 2021: an auxiliary skip path on
-every edge weighted by a beta decayed to 0 over ``skip_beta_epochs``, 50 as the authors) and ``hessian_eigenvalue`` (the dominant eigenvalue
-of the validation-loss Hessian w.r.t. the alphas, logged per epoch).
+every edge weighted by a beta decayed to 0 over ``skip_beta_epochs``, 50 as the authors) and
+``hessian_eigenvalue`` (the dominant eigenvalue of the validation-loss Hessian w.r.t. the alphas, logged per
+epoch).
 """
 
 from contextlib import contextmanager

@@ -121,7 +121,9 @@ class PrDarts(Darts):
             self.register_buffer(f"carried_grad_{name}", torch.zeros_like(alpha))
 
     def weight_clip_set(self, ctx):
-        """The weights and the alphas, as the authors' ``clip_grad_norm_(network.parameters(), 5)``."""
+        """The weights and the alphas, as the authors' ``clip_grad_norm_(network.parameters(), 5)``. Under DDP the
+        alpha gradients are all-reduced first, so every rank clips its weights by the same norm."""
+        ctx.sync_grads(self.arch_parameters())
         return [*super().weight_clip_set(ctx), *self.arch_parameters()]
 
     def arch_step(self, ctx, train_batch, valid_batch) -> dict:

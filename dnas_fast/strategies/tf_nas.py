@@ -5,8 +5,8 @@ a latency target, on the ``mbconv`` space.
   drawn uniformly from the remaining ops; the network runs once per path with only that op per block
   (MixedEdge masks) and the two losses are summed. Warm-up epochs run the Gumbel path only (authors'
   ``train_wo_arch``). All paths of a step come from one host copy of the alphas.
-* Architecture step (after every ``arch_every``-th weight step of an epoch): Gumbel-softmax over all candidates with temperature
-  ``tau`` (5, x0.96 per architecture epoch), sink depth weights ``softmax(beta)``, loss
+* Architecture step (after every ``arch_every``-th weight step of an epoch): Gumbel-softmax over all candidates
+  with temperature ``tau`` (5, x0.96 per architecture epoch), sink depth weights ``softmax(beta)``, loss
   ``CE + lambda * |LAT / target - 1|`` with the expected LUT latency (lambda 0.1), Adam lr 0.01,
   betas (0.5, 0.999), wd 5e-4, grad clip 5; the alphas are kept log-normalised (authors' log_softmax).
 * Elastic width (Sec. 3.4): after every architecture epoch the expanded widths of the current argmax
