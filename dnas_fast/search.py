@@ -59,7 +59,7 @@ from .spaces import build_space, space_class
 from .strategies import StepContext, build_strategy, strategy_class
 from .strategies.base import weight_optimizer
 
-# The loop settings a strategy's ``loop_preset`` may set. SearchConfig leaves them None ("not set by the user");
+# The loop settings a strategy's ``preset`` may set. SearchConfig leaves them None ("not set by the user");
 # ``resolved`` fills them from the preset, else from here.
 LOOP_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": False,
                  "weight_decay": 3e-4, "grad_clip": 5.0, "valid_split": "train", "scheduler_step": "after",
@@ -97,7 +97,7 @@ def cadence_rule(name, value):
 
 @dataclass
 class SearchConfig:
-    """Fields left None take the strategy's ``loop_preset`` value, else ``LOOP_DEFAULTS``. Every field is checked
+    """Fields left None take the strategy's ``preset`` value, else ``LOOP_DEFAULTS``. Every field is checked
     (type, range, finiteness) by :meth:`validate` wherever the config comes from (:mod:`~dnas_fast.settings`)."""
 
     space: str = "darts"

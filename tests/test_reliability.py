@@ -120,7 +120,8 @@ BAD_SEARCH_FIELDS = {
     "space": 3, "space_args": [], "strategy": None, "strategy_args": "x", "data": 1, "data_root": 2,
     "data_args": {"augment": "no"}, "epochs": -1, "batch_size": "big", "train_portion": 1.5, "valid_split": "all",
     "lr": float("nan"), "lr_min": -1.0, "momentum": 1.0, "nesterov": "yes", "weight_decay": float("inf"),
-    "grad_clip": -1.0, "memory_limit": "lots", "scale_lr": 1, "seed": -3, "deterministic": "no",
+    "grad_clip": -1.0, "scheduler_step": "sideways", "lr_warmup_epochs": -1,
+    "memory_limit": "lots", "scale_lr": 1, "seed": -3, "deterministic": "no",
     "device": "banana", "backend": 5, "max_steps_per_epoch": -2, "num_workers": -1, "precision": "fp8",
     "channels_last": "yes", "checkpoint_every": "0", "cuda_graphs": "x",
 }  # fmt: skip
