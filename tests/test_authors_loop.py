@@ -138,8 +138,7 @@ def cosine(lr, lr_min, t, T):  # CosineAnnealingLR's closed form (PyTorch 0.4's 
 def test_lr_per_epoch_steps_the_scheduler_where_the_authors_do(monkeypatch, tmp_path, name, lr, lr_min):
     """SNAS and PC-DARTS call scheduler.step() before each epoch (epoch e at t = e + 1, PC-DARTS's last at 0);
     DARTS after it (t = e)."""
-    args = {"warmup_epochs": 0} if name == "pc-darts" else {}
-    got = recorded_lrs(monkeypatch, tmp_path, strategy=name, strategy_args=args)
+    got = recorded_lrs(monkeypatch, tmp_path, strategy=name)
     ahead = name != "darts"
     assert got == pytest.approx([cosine(lr, lr_min, e + ahead, 3) for e in range(3)], rel=1e-12, abs=1e-15)
     if name == "pc-darts":
@@ -207,30 +206,30 @@ def tf_nas_config(tmp_path, **strategy_args):
     from dnas_fast.spaces import build_space
 
     synthetic_table(build_space("mbconv", in_channels=1, num_classes=10, **space_args)).save(tmp_path / "lut.json")
-    args = {"latency_target": 0.5, "latency_table": str(tmp_path / "lut.json"), "warmup_epochs": 0,
+    args = {"latency_target": 0.5, "latency_table": str(tmp_path / "lut.json"), "warmup_epochs": 1,
             "latency_device": "test-device", **strategy_args}  # fmt: skip
     return SearchConfig(space="mbconv", strategy="tf-nas", space_args=space_args, strategy_args=args, data="digits",
-                        data_args={"limit": 256}, epochs=2, batch_size=16, max_steps_per_epoch=3, device="cpu",
+                        data_args={"limit": 256}, epochs=3, batch_size=16, max_steps_per_epoch=3, device="cpu",
                         deterministic=True)  # fmt: skip
 
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_tf_nas_weight_then_arch_on_even_steps_of_each_epoch_and_fresh_optimizers(monkeypatch, tmp_path, keep):
     """AberHu/TF-NAS train_w_arch: weight step, then ``if step % 2 == 0`` an arch step on a validation batch drawn
-    only then; ``step`` restarts each epoch (3 steps: arch at 0 and 2 in both epochs); SGD and Adam built anew
-    every epoch (empty state at its first step) unless ``keep_optimizer_state``."""
+    only then; ``step`` restarts each epoch (3 steps: arch at 0 and 2 in every epoch after the 1-epoch warm-up);
+    SGD and Adam built anew every epoch (empty state at its first step) unless ``keep_optimizer_state``."""
     from dnas_fast.strategies.tf_nas import TFNAS
 
     calls = []
     record_steps(monkeypatch, TFNAS, calls)
     config = tf_nas_config(tmp_path, **({"keep_optimizer_state": True} if keep else {}))
     run_search(config, tmp_path / "run", log=lambda *a: None)
-    assert [c[0] for c in calls] == list("wawwa") * 2
+    assert [c[0] for c in calls] == list("www") + list("wawwa") * 2
     first_w = [c for c in calls if c[0] == "w"][::3]  # the first weight step of each epoch
-    assert [(c[3] > 0, c[4] > 0) for c in first_w] == [(False, False), (keep, keep)]
+    assert [(c[3] > 0, c[4] > 0) for c in first_w] == [(False, False), (keep, False), (keep, keep)]
     searcher = Searcher(config, tmp_path / "x")
     data = searcher.data
-    for epoch in (0, 1):  # arch steps take this epoch's validation batches 0 and 1 (none skipped)
+    for epoch in (1, 2):  # arch steps take this epoch's validation batches 0 and 1 (none skipped)
         data.valid.set_epoch(epoch)
         want = [y for _, y in list(data.valid)[:2]]
         got = [c[2] for c in calls if c[0] == "a" and c[1] == epoch]
@@ -285,7 +284,7 @@ def test_pc_darts_draws_a_fresh_random_validation_batch_every_step(monkeypatch, 
 
     calls = []
     record_steps(monkeypatch, PcDarts, calls)
-    config = SearchConfig(**{**TINY, "strategy": "pc-darts", "strategy_args": {"warmup_epochs": 0}, "epochs": 2})
+    config = SearchConfig(**{**TINY, "strategy": "pc-darts", "strategy_args": {"warmup_epochs": 1}})
     run_search(config, tmp_path / "run", log=lambda *a: None)
     got = [(c[1], c[2]) for c in calls if c[0] == "a"]
     assert len(got) == 6

@@ -24,8 +24,9 @@ What the paper changes, with the authors' defaults (yuhuixu1993/PC-DARTS ``train
   wd 1e-3, architecture steps from epoch 35 (``--begin``), first order, K = 2, validation batches in a sequential
   pass (their ``next(valid_queue_iter)``). The 10% / 2.5% per-class subset is the ``imagefolder`` data's default.
 
-Remaining deviations, with reasons: the ImageNet validation pass follows our per-epoch shuffle (theirs is the
-unshuffled folder order, ``shuffle=False``), so every architecture step does not see the classes in file order;
+Remaining deviations, with reasons: the ImageNet validation pass follows our per-epoch shuffle (theirs walks the
+folder in file order, ``shuffle=False``, so each of its batches holds a run of consecutive classes; a shuffle
+keeps the architecture gradient of a step from following the class order);
 random validation batches are seeded by ``(seed, epoch, step)`` rather than drawn from the global RNG, so a
 resumed search draws the same ones.
 """
