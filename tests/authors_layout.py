@@ -124,7 +124,9 @@ class AuthorsCell(nn.Module):
 
 
 class AuthorsNetwork(nn.Module):
-    def __init__(self, C, num_classes, layers, steps=4):
+    """``make_cell(steps, C_pp, C_p, C, reduction, reduction_prev)`` builds each cell (a drop-in swaps it)."""
+
+    def __init__(self, C, num_classes, layers, steps=4, make_cell=AuthorsCell):
         super().__init__()
         C_curr = 3 * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -133,7 +135,7 @@ class AuthorsNetwork(nn.Module):
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr *= 2 if reduction else 1
-            self.cells.append(AuthorsCell(steps, C_pp, C_p, C_curr, reduction, reduction_prev))
+            self.cells.append(make_cell(steps, C_pp, C_p, C_curr, reduction, reduction_prev))
             reduction_prev, C_pp, C_p = reduction, C_p, 4 * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)

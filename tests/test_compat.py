@@ -3,10 +3,11 @@ same state_dict, same outputs and gradients."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dnas_fast import _backend
-from dnas_fast.compat import MixedOp, PCMixedOp
-from tests.authors_layout import AuthorsCell, AuthorsMixedOp, AuthorsPCMixedOp
+from dnas_fast.compat import Cell, MixedOp, PCCell, PCMixedOp
+from tests.authors_layout import AuthorsCell, AuthorsMixedOp, AuthorsNetwork, AuthorsPCMixedOp
 from tests.utils import assert_close
 
 # ---- tests ------------------------------------------------------------------------------------------------------
@@ -65,3 +66,110 @@ def test_state_dict_keys_are_the_authors():
 def test_bad_partial_channel_k():
     with pytest.raises(ValueError, match="partial_channels=3"):
         PCMixedOp(8, 1, k=3)
+
+
+# ---- compat.Cell: the authors' search loop with the batched cell swapped in ------------------------------------
+def authors_step(model, alphas, w_opt, a_opt, train, valid, lr, unrolled, momentum=0.9, wd=3e-4, r=1e-2):
+    """One step of quark0/darts ``train_search.py`` (lines 160-175) with ``architect.py``: the architecture step
+    (first order, or the unrolled model and the finite-difference Hessian-vector product), then the weight step
+    with ``clip_grad_norm_(5)``."""
+    params = list(model.parameters())
+
+    def loss_of(batch):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    a_opt.zero_grad()
+    if not unrolled:
+        loss_of(valid).backward()
+    else:
+        theta = [p.detach().clone() for p in params]
+        grads = torch.autograd.grad(loss_of(train), params)
+        moments = [w_opt.state[p]["momentum_buffer"] * momentum if p in w_opt.state else 0 for p in params]
+        with torch.no_grad():
+            for p, t, g, m in zip(params, theta, grads, moments):
+                p.copy_(t - lr * (m + g + wd * t))
+        unrolled_loss = loss_of(valid)
+        dalpha = torch.autograd.grad(unrolled_loss, alphas, retain_graph=True)
+        vector = torch.autograd.grad(unrolled_loss, params)
+        with torch.no_grad():
+            for p, t in zip(params, theta):
+                p.copy_(t)
+        R = r / torch.cat([v.flatten() for v in vector]).norm()
+        fd = []
+        for sign in (1, -2):
+            with torch.no_grad():
+                for p, v in zip(params, vector):
+                    p.add_(sign * R * v)
+            fd.append(torch.autograd.grad(loss_of(train), alphas))
+        with torch.no_grad():
+            for p, v in zip(params, vector):
+                p.add_(R * v)
+        for a, d, gp, gn in zip(alphas, dalpha, *fd):
+            a.grad = d - lr * (gp - gn) / (2 * R)
+    a_opt.step()
+    w_opt.zero_grad()
+    loss_of(train).backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    w_opt.step()
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
+@pytest.mark.parametrize("pc", [False, True], ids=["darts", "pc-darts"])
+def test_the_authors_loop_with_compat_cell_gives_their_numbers_in_float64(unrolled, pc):
+    authors_op = AuthorsPCMixedOp if pc else AuthorsMixedOp
+    drop_in = PCCell if pc else Cell
+    theirs_cell = lambda st, cpp, cp, c, red, red_prev: AuthorsCell(st, cpp, cp, c, red, red_prev, authors_op)  # noqa: E731
+    ours_cell = lambda st, cpp, cp, c, red, red_prev: drop_in(st, 4, cpp, cp, c, red, red_prev)  # noqa: E731
+    torch.manual_seed(0)
+    nets = [AuthorsNetwork(8, 10, 3, make_cell=make).double() for make in (theirs_cell, ours_cell)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(10, (4,), generator=gen))
+               for _ in range(6)]  # fmt: skip
+    results = []
+    for net in nets:
+        alphas = [(1e-3 * torch.randn(14, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+                  .requires_grad_() for _ in range(2)]  # fmt: skip
+        betas = [torch.zeros(14, dtype=torch.float64, requires_grad=True) for _ in range(2)] if pc else []
+        net.alphas_normal, net.alphas_reduce = alphas
+        if pc:
+            for cell in net.cells:  # PC-DARTS Network.forward: weights2 from the betas, node by node (l. 197-210)
+                cell._pc_betas = betas[1 if cell.reduction else 0]
+            patch_edge_normalisation(net)
+        w_opt = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+        a_opt = torch.optim.Adam(alphas + betas, 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+        for step in range(3):
+            authors_step(net, alphas + betas, w_opt, a_opt, batches[2 * step], batches[2 * step + 1], 0.025, unrolled)
+        results.append(([a.detach() for a in alphas + betas], {k: v.clone() for k, v in net.state_dict().items()}))
+    (alphas_t, state_t), (alphas_o, state_o) = results
+    for i, (a, b) in enumerate(zip(alphas_o, alphas_t)):
+        assert_close(f"alphas {i}", a, b, atol=1e-12, rtol=1e-10)
+    for name in state_t:
+        assert_close(name, state_o[name].double(), state_t[name].double(), atol=1e-10, rtol=1e-8)
+    assert [a.argmax(-1).tolist() for a in alphas_o] == [a.argmax(-1).tolist() for a in alphas_t]
+
+
+def patch_edge_normalisation(net):
+    """PC-DARTS passes each cell ``weights2``: per node, softmax of its edges' betas (``Network.forward``)."""
+
+    def forward(x):
+        s0 = s1 = net.stem(x)
+        for cell in net.cells:
+            alphas = net.alphas_reduce if cell.reduction else net.alphas_normal
+            betas, n, start, parts = cell._pc_betas, 3, 2, [F.softmax(cell._pc_betas[0:2], dim=-1)]
+            for _ in range(1, 4):  # steps = 4
+                parts.append(F.softmax(betas[start : start + n], dim=-1))
+                start, n = start + n, n + 1
+            s0, s1 = s1, cell(s0, s1, F.softmax(alphas, dim=-1), torch.cat(parts))
+        return net.classifier(net.global_pooling(s1).flatten(1))
+
+    net.forward = forward
+
+
+def test_compat_cell_state_dict_keys_are_the_authors():
+    assert list(Cell(4, 4, 48, 48, 16, True, False).state_dict()) == list(
+        AuthorsCell(4, 48, 48, 16, True, False).state_dict()
+    )
+    assert list(PCCell(4, 4, 48, 48, 16, False, True).state_dict()) == list(
+        AuthorsCell(4, 48, 48, 16, False, True, AuthorsPCMixedOp).state_dict()
+    )
