@@ -73,6 +73,26 @@ class PreemptionSignals:
         if signum == signal.SIGINT:  # a second Ctrl-C is the user insisting: the default KeyboardInterrupt
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    def agreed(self, world_size: int = 1, device=None) -> bool:
+        """Whether a signal arrived here or, under torchrun, on any rank (one all-reduce: every rank calls it at
+        the same step), so every rank checkpoints and stops at the same step."""
+        if world_size > 1:
+            from . import distributed
+
+            if distributed.any_rank(self.requested is not None, device):
+                self.requested = self.requested or "a signal to another rank"
+        return self.requested is not None
+
+    def raise_if_requested(self, epoch: int, step_in_epoch: int, checkpoint_path) -> None:
+        """:class:`Preempted` naming where the run stopped (``epoch`` epochs done, ``step_in_epoch`` steps into the
+        next) and its checkpoint, if a signal arrived."""
+        if self.requested:
+            where = f"step {step_in_epoch} of epoch {epoch + 1}" if step_in_epoch else f"the end of epoch {epoch}"
+            raise Preempted(
+                f"stopped by {self.requested} at {where}; checkpoint written to {checkpoint_path}: continue with "
+                "--resume"
+            )
+
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}

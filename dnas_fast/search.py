@@ -51,7 +51,7 @@ from .data.splits import derive_seed
 from .genotype import Genotype, genotype_to_json
 from .guard import DivergedError, DivergenceGuard, check_state
 from .precision import PRECISIONS, Precision
-from .preemption import CheckpointCadence, Preempted, PreemptionSignals
+from .preemption import CheckpointCadence, PreemptionSignals
 from .rundir import RunLock, append_line, remove_orphans, truncate_log
 from .settings import at_least, below, check_call_args, check_fields, check_module_fits, device_rule, one_of, setting
 from .shapes import channels_last_default
@@ -468,9 +468,11 @@ class Searcher:
                 rate = (step + 1 - first) * len(y) / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
                 self.guard.check(self.epoch)  # the device has just synced for the loss: stop at once
-            if self.step_in_epoch < steps and (self.stop_agreed() or self.cadence.due(self.guard.host_steps)):
+            if self.step_in_epoch < steps and (
+                self.signals.agreed(self.world_size, self.device) or self.cadence.due(self.guard.host_steps)
+            ):
                 self.save()  # mid-epoch: resumes at the next step, same batches, same random draws
-                self.stop_if_preempted()
+                self.signals.raise_if_requested(self.epoch, self.step_in_epoch, self.checkpoint_path)
         self.guard.check(self.epoch)  # reads the device: the time below includes the queued work
         # the loop, not a strategy hook, counts and times the steps: an overridden step cannot skip them
         step_time = (time.perf_counter() - start) / (steps - first)
@@ -524,24 +526,6 @@ class Searcher:
             if arch_loss is not None:
                 self.guard.watch("architecture loss", arch_loss)
 
-    def stop_agreed(self) -> bool:
-        """Whether SIGTERM / SIGINT arrived here or, under torchrun, on any rank (one all-reduce per step): every
-        rank then checkpoints and stops at the same step."""
-        if self.world_size > 1 and distributed.any_rank(self.signals.requested is not None, self.device):
-            self.signals.requested = self.signals.requested or "a signal to another rank"
-        return self.signals.requested is not None
-
-    def stop_if_preempted(self) -> None:
-        if self.signals.requested:
-            where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}" if self.step_in_epoch else (
-                f"the end of epoch {self.epoch}"
-            )  # fmt: skip
-            raise Preempted(
-                f"stopped by {self.signals.requested} at {where}; checkpoint written to {self.checkpoint_path}: "
-                "continue with --resume"
-            )
-
-    @torch.no_grad()
     def evaluate(self) -> dict:
         self.space.eval()
         arch = self.strategy.arch_weights("eval")
@@ -584,8 +568,8 @@ class Searcher:
         with self.signals:
             while self.epoch < last and not self.strategy.search_done():
                 self.run_epoch(log)
-                self.stop_agreed()
-                self.stop_if_preempted()
+                self.signals.agreed(self.world_size, self.device)
+                self.signals.raise_if_requested(self.epoch, self.step_in_epoch, self.checkpoint_path)
         if self.epoch < self.config.epochs and self.strategy.search_done() and self.rank == 0:
             log(f"{self.config.strategy}: search done after epoch {self.epoch} of {self.config.epochs}")
         return self.finish()

@@ -56,7 +56,7 @@ from .genotype import (
 from .guard import DivergedError, check_state
 from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
 from .precision import PRECISIONS, Precision
-from .preemption import Preempted, PreemptionSignals
+from .preemption import PreemptionSignals
 from .rundir import RunLock, append_line, remove_orphans, truncate_log
 from .settings import (
     at_least,
@@ -433,9 +433,9 @@ class Trainer:
             if not bar.disable:
                 rate = (b + 1 - first) * len(y) / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
-            if self.step_in_epoch < steps and self.stop_agreed():
+            if self.step_in_epoch < steps and self.signals.agreed(self.world_size, self.device):
                 self.save()  # mid-epoch: resumes at the next step, same batches, same random draws
-                self.stop_if_preempted()
+                self.signals.raise_if_requested(self.epoch, self.step_in_epoch, self.checkpoint_path)
         train_loss = (partial["loss_sum"] / partial["seen"]).item()
         if not math.isfinite(train_loss):  # divergence guard: never checkpoint a non-finite network
             raise DivergedError(
@@ -467,22 +467,6 @@ class Trainer:
         precision.step("weights", self.optimizer)
         return loss, logits
 
-    def stop_agreed(self) -> bool:
-        """Whether SIGTERM / SIGINT arrived here or, under torchrun, on any rank (every rank stops together)."""
-        if self.world_size > 1 and distributed.any_rank(self.signals.requested is not None, self.device):
-            self.signals.requested = self.signals.requested or "a signal to another rank"
-        return self.signals.requested is not None
-
-    def stop_if_preempted(self) -> None:
-        if self.signals.requested:
-            where = f"step {self.step_in_epoch} of epoch {self.epoch + 1}" if self.step_in_epoch else (
-                f"the end of epoch {self.epoch}"
-            )  # fmt: skip
-            raise Preempted(
-                f"stopped by {self.signals.requested} at {where}; checkpoint written to {self.checkpoint_path}: "
-                "continue with --resume"
-            )
-
     def save(self) -> None:
         state = self.state()
         check_state(state, f"in epoch {self.epoch + (1 if self.step_in_epoch else 0)}")  # every rank: no hang
@@ -503,8 +487,8 @@ class Trainer:
         with self.signals:
             while self.epoch < last:
                 record = self.run_epoch(log)
-                self.stop_agreed()
-                self.stop_if_preempted()
+                self.signals.agreed(self.world_size, self.device)
+                self.signals.raise_if_requested(self.epoch, self.step_in_epoch, self.checkpoint_path)
         return self.finish(record)
 
     def run_epoch(self, log) -> dict:
