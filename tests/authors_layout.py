@@ -1,5 +1,6 @@
-"""A test-only plain rebuild of the authors' DARTS search network (quark0/darts ``model_search``):
-same module tree (hence state_dict keys), same forward, written independently of dnas_fast.
+"""A plain rebuild of the authors' DARTS search network (quark0/darts ``model_search``) and of one step of their
+search loop (``train_search.py`` with ``architect.py``): same module tree (hence state_dict keys), same forward,
+written independently of dnas_fast. The tests compare against it; ``bench/bench_fair_step.py`` times it.
 It is what a user of the authors' code has in memory; interop and drop-in tests compare against it.
 ``AuthorsPCMixedOp`` and ``weights2`` follow PC-DARTS ``model_search`` (yuhuixu1993/PC-DARTS) the same way."""
 
@@ -149,3 +150,47 @@ class AuthorsNetwork(nn.Module):
             alphas = self.alphas_reduce if cell.reduction else self.alphas_normal
             s0, s1 = s1, cell(s0, s1, F.softmax(alphas, dim=-1))
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+def authors_search_step(model, alphas, w_opt, a_opt, train, valid, lr, unrolled, momentum=0.9, wd=3e-4, r=1e-2):
+    """One step of quark0/darts ``train_search.py`` (lines 160-175) with ``architect.py``: the architecture step
+    (first order, or the unrolled model and the finite-difference Hessian-vector product), then the weight step
+    with ``clip_grad_norm_(5)``."""
+    params = list(model.parameters())
+
+    def loss_of(batch):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    a_opt.zero_grad()
+    if not unrolled:
+        loss_of(valid).backward()
+    else:
+        theta = [p.detach().clone() for p in params]
+        grads = torch.autograd.grad(loss_of(train), params)
+        moments = [w_opt.state[p]["momentum_buffer"] * momentum if p in w_opt.state else 0 for p in params]
+        with torch.no_grad():
+            for p, t, g, m in zip(params, theta, grads, moments):
+                p.copy_(t - lr * (m + g + wd * t))
+        unrolled_loss = loss_of(valid)
+        dalpha = torch.autograd.grad(unrolled_loss, alphas, retain_graph=True)
+        vector = torch.autograd.grad(unrolled_loss, params)
+        with torch.no_grad():
+            for p, t in zip(params, theta):
+                p.copy_(t)
+        R = r / torch.cat([v.flatten() for v in vector]).norm()
+        fd = []
+        for sign in (1, -2):
+            with torch.no_grad():
+                for p, v in zip(params, vector):
+                    p.add_(sign * R * v)
+            fd.append(torch.autograd.grad(loss_of(train), alphas))
+        with torch.no_grad():
+            for p, v in zip(params, vector):
+                p.add_(R * v)
+        for a, d, gp, gn in zip(alphas, dalpha, *fd):
+            a.grad = d - lr * (gp - gn) / (2 * R)
+    a_opt.step()
+    w_opt.zero_grad()
+    loss_of(train).backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    w_opt.step()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from dnas_fast import _backend
 from dnas_fast.compat import Cell, MixedOp, PCCell, PCMixedOp
-from tests.authors_layout import AuthorsCell, AuthorsMixedOp, AuthorsNetwork, AuthorsPCMixedOp
+from tests.authors_layout import AuthorsCell, AuthorsMixedOp, AuthorsNetwork, AuthorsPCMixedOp, authors_search_step
 from tests.utils import assert_close
 
 # ---- tests ------------------------------------------------------------------------------------------------------
@@ -69,50 +69,6 @@ def test_bad_partial_channel_k():
 
 
 # ---- compat.Cell: the authors' search loop with the batched cell swapped in ------------------------------------
-def authors_step(model, alphas, w_opt, a_opt, train, valid, lr, unrolled, momentum=0.9, wd=3e-4, r=1e-2):
-    """One step of quark0/darts ``train_search.py`` (lines 160-175) with ``architect.py``: the architecture step
-    (first order, or the unrolled model and the finite-difference Hessian-vector product), then the weight step
-    with ``clip_grad_norm_(5)``."""
-    params = list(model.parameters())
-
-    def loss_of(batch):
-        return F.cross_entropy(model(batch[0]), batch[1])
-
-    a_opt.zero_grad()
-    if not unrolled:
-        loss_of(valid).backward()
-    else:
-        theta = [p.detach().clone() for p in params]
-        grads = torch.autograd.grad(loss_of(train), params)
-        moments = [w_opt.state[p]["momentum_buffer"] * momentum if p in w_opt.state else 0 for p in params]
-        with torch.no_grad():
-            for p, t, g, m in zip(params, theta, grads, moments):
-                p.copy_(t - lr * (m + g + wd * t))
-        unrolled_loss = loss_of(valid)
-        dalpha = torch.autograd.grad(unrolled_loss, alphas, retain_graph=True)
-        vector = torch.autograd.grad(unrolled_loss, params)
-        with torch.no_grad():
-            for p, t in zip(params, theta):
-                p.copy_(t)
-        R = r / torch.cat([v.flatten() for v in vector]).norm()
-        fd = []
-        for sign in (1, -2):
-            with torch.no_grad():
-                for p, v in zip(params, vector):
-                    p.add_(sign * R * v)
-            fd.append(torch.autograd.grad(loss_of(train), alphas))
-        with torch.no_grad():
-            for p, v in zip(params, vector):
-                p.add_(R * v)
-        for a, d, gp, gn in zip(alphas, dalpha, *fd):
-            a.grad = d - lr * (gp - gn) / (2 * R)
-    a_opt.step()
-    w_opt.zero_grad()
-    loss_of(train).backward()
-    torch.nn.utils.clip_grad_norm_(params, 5.0)
-    w_opt.step()
-
-
 @pytest.mark.parametrize("unrolled", [False, True], ids=["first-order", "second-order"])
 @pytest.mark.parametrize("pc", [False, True], ids=["darts", "pc-darts"])
 def test_the_authors_loop_with_compat_cell_gives_their_numbers_in_float64(unrolled, pc):
@@ -139,7 +95,9 @@ def test_the_authors_loop_with_compat_cell_gives_their_numbers_in_float64(unroll
         w_opt = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
         a_opt = torch.optim.Adam(alphas + betas, 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
         for step in range(3):
-            authors_step(net, alphas + betas, w_opt, a_opt, batches[2 * step], batches[2 * step + 1], 0.025, unrolled)
+            authors_search_step(
+                net, alphas + betas, w_opt, a_opt, batches[2 * step], batches[2 * step + 1], 0.025, unrolled
+            )
         results.append(([a.detach() for a in alphas + betas], {k: v.clone() for k, v in net.state_dict().items()}))
     (alphas_t, state_t), (alphas_o, state_o) = results
     for i, (a, b) in enumerate(zip(alphas_o, alphas_t)):
