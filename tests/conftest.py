@@ -2,6 +2,19 @@
 2-core machine, OpenMP spin-waiting made the suite several times slower (measured: a DARTS C=8 step took
 0.8 s on 1 thread vs 5.8 s on 2 threads with another process busy)."""
 
+import contextlib
+
+import pytest
 import torch
 
+from dnas_fast import use_backend
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def backend_override():
+    """``backend_override(name)`` forces backend ``name`` on every edge until the test ends; None lifts any
+    override (a ``DNAS_FAST_BACKEND`` the suite was started with too), so the edges' own choice holds."""
+    with contextlib.ExitStack() as stack:
+        yield lambda name: stack.enter_context(use_backend(name))
