@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..mixed_edge import MixedEdge, active_ops
 from ..partial_channels import bypass_backward, bypass_of, scatter_partial, split_partial
-from ..precision import autocast_state, restore_autocast
+from ..precision import autocast_state, recomputing_backward
 from ..shapes import memory_format_of, strided_shape
 from . import pool_combine_ref
 from .edge_structure import ConvProgram, EdgeSpec, edge_spec, uses_batch_stats
@@ -306,17 +306,8 @@ class FusedEdgeFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @recomputing_backward("fused MixedEdge")
     def backward(ctx, g):
-        with restore_autocast(ctx.autocast):  # the recomputed convs run in the forward's dtypes
-            return FusedEdgeFunction._backward(ctx, g)
-
-    @staticmethod
-    def _backward(ctx, g):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "the fused MixedEdge backward is not differentiable (create_graph=True / double backward); "
-                "use backend='reference' for higher-order gradients (second-order DARTS uses finite differences)"
-            )
         x, weights, aux_weight, bn_stats, *params = ctx.saved_tensors
         needs = list(ctx.needs_input_grad[4:])
         dx, dw, daux, dparams = fused_backward(ctx.plan, g, x, weights, aux_weight, bn_stats, params, needs)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...partial_channels import bypass_backward, bypass_of, scatter_partial, split_partial
-from ...precision import autocast_state, restore_autocast
+from ...precision import autocast_state, recomputing_backward
 from ...shapes import empty_spatial_inner, memory_format_of, strided_shape
 from .families import RunningStats, dense_first, family_output, weights_of
 from .layout import channels_last, in_layout, per_edge_dot, repeat_channels
@@ -195,15 +195,8 @@ class BlockFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @recomputing_backward("batched cell")
     def backward(ctx, g):
-        with restore_autocast(ctx.autocast):  # the recomputed convs run in the forward's dtypes
-            return BlockFunction._backward(ctx, g)
-
-    @staticmethod
-    def _backward(ctx, g):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the batched cell backward is not differentiable (create_graph=True); use "
-                               "backend='reference' for higher-order gradients")  # fmt: skip
         x, weights, aux_weight, *params = ctx.saved_tensors
         plan = ctx.plan
         needs, j = [], 4
