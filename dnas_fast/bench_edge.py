@@ -195,20 +195,7 @@ def build_search_step(cfg: dict):
         strategy.arch_step(ctx, train, valid)
         return strategy.weight_step(ctx, train)
 
-    capture = cfg.get("capture")
-    if capture is not None and device.type != "cuda":
-        raise ValueError(f"capture {capture!r} needs a CUDA device, got {device}")
-    if capture == "graph":
-        from .cuda_graphs import CapturedStep
-
-        run = CapturedStep(search_step, w_opt, ctx.a_optimizer, batch_size=N)
-    elif capture == "compile":
-        run = torch.compile(search_step, mode="reduce-overhead")
-    elif capture is None:
-        run = search_step
-    else:
-        raise ValueError(f"capture must be None, 'graph' or 'compile', got {capture!r}")
-
+    run = _captured(search_step, cfg.get("capture"), device, ctx, N)
     threshold = cfg.get("recompute_min_numel")
 
     @contextlib.contextmanager
@@ -228,6 +215,21 @@ def build_search_step(cfg: dict):
 
     step.space, step.strategy, step.train, step.ctx, step.report = space, strategy, train, ctx, report
     return step
+
+
+def _captured(search_step, capture, device, ctx, batch_size):
+    """``search_step`` run eagerly (``capture`` None), as a captured CUDA graph or compiled."""
+    if capture is not None and device.type != "cuda":
+        raise ValueError(f"capture {capture!r} needs a CUDA device, got {device}")
+    if capture == "graph":
+        from .cuda_graphs import CapturedStep
+
+        return CapturedStep(search_step, ctx.w_optimizer, ctx.a_optimizer, batch_size=batch_size)
+    if capture == "compile":
+        return torch.compile(search_step, mode="reduce-overhead")
+    if capture is None:
+        return search_step
+    raise ValueError(f"capture must be None, 'graph' or 'compile', got {capture!r}")
 
 
 def search_step_saved_bytes(step) -> int:
