@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from .. import _backend
+from .._backend import resolve_cell
 from ..arch import ArchWeights, EdgeGroup, check_arch
 from ..registry import Registry
 
@@ -64,7 +64,7 @@ def run_cell(edges: nn.ModuleList, states: list, arch: ArchWeights, sources, tra
     In training, when every edge resolves to one backend that offers ``cell_forward`` (``batched``), that backend
     runs the whole cell; otherwise (or when it declines the call) each edge runs on its own backend.
     ``path_scales`` (Tensor[edges, N], optional): drop-path factors of each edge's output per example."""
-    backend = _backend.resolve_cell(edges, states[0].device) if training else None
+    backend = resolve_cell(edges, states[0].device) if training else None
     if backend is not None and backend.cell_forward(edges, states, arch, sources, path_scales) is not None:
         return states
     offset = 0

@@ -19,6 +19,7 @@ from ...shapes import empty_spatial_inner, memory_format_of, strided_shape
 from .families import RunningStats, dense_first, family_output, weights_of
 from .layout import channels_last, in_layout, per_edge_dot, repeat_channels
 from .plan import stacked_params
+from .policy import keeps_intermediates
 
 
 def block_forward(plan, x, weights, aux_weight, stacked):
@@ -211,3 +212,11 @@ class BlockFunction(torch.autograd.Function):
             for d in ds:
                 dparams += [None] * n if d is None else list(d.chunk(n))
         return None, dx, dW, daux, *dparams
+
+
+def run_block(plan, x, weights, aux_weight, params):
+    """The block's output [N, E, C_out, H', W']: recomputed in the backward (``BlockFunction``) unless ``x`` is
+    small (``policy``), then under autograd like any module."""
+    if keeps_intermediates(x):
+        return block_forward(plan, x, weights, aux_weight, stacked_params(plan, params))
+    return BlockFunction.apply(plan, x, weights, aux_weight, *params)

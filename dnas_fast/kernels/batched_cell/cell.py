@@ -1,8 +1,8 @@
 """The cell loop of the ``batched`` backend: a cell's blocks in order, into one running node accumulator."""
 
 from ...shapes import memory_format_of
+from .block import run_block
 from .plan import cached_plan, cell_blocks
-from .policy import run_block
 
 
 def cell_forward(edges, states: list, arch, sources, path_scales=None) -> list | None:

@@ -2,14 +2,12 @@
 
 A block whose input has fewer than ``RECOMPUTE_MIN_NUMEL`` elements runs its forward under autograd and keeps the
 intermediates: that small, the recompute's extra calls cost more time than the memory they save. Larger blocks run
-``BlockFunction`` (saves x, the weights and parameter references; recomputes in the backward). The crossover was
-measured on CPU: bench/results/notes.md ("Third pass") and bench/results/batched-cpu-20261203-keep.*."""
+``block.BlockFunction`` (saves x, the weights and parameter references; recomputes in the backward); the choice
+is made per call by ``block.run_block``. The crossover was measured on CPU: bench/results/notes.md (2026-12-03,
+"Third pass") and bench/results/batched-cpu-20261203-keep.*."""
 
 import contextlib
 import contextvars
-
-from . import block
-from .plan import stacked_params
 
 RECOMPUTE_MIN_NUMEL = 32768  # the process default, in elements of the block input
 _MIN_NUMEL: contextvars.ContextVar = contextvars.ContextVar("recompute_min_numel", default=RECOMPUTE_MIN_NUMEL)
@@ -31,9 +29,6 @@ def recompute_min_numel(n: int):
         _MIN_NUMEL.reset(token)
 
 
-def run_block(plan, x, weights, aux_weight, params):
-    """The block's output [N, E, C_out, H', W']: recomputed in the backward (``BlockFunction``) unless ``x`` is
-    small, then under autograd like any module."""
-    if x.numel() < _MIN_NUMEL.get():
-        return block.block_forward(plan, x, weights, aux_weight, stacked_params(plan, params))
-    return block.BlockFunction.apply(plan, x, weights, aux_weight, *params)
+def keeps_intermediates(x) -> bool:
+    """A block reading ``x`` runs under autograd and keeps its intermediates (else it recomputes them)."""
+    return x.numel() < _MIN_NUMEL.get()
