@@ -32,16 +32,20 @@ def pytest_addoption(parser):
 
 # Test functions whose first case takes 5 s or more on the 2-core machine (whole searches, subprocesses, torchrun
 # ranks): marked slow here, in one list, so ``--fast`` (or ``-m "not slow"``) leaves them out. Their modules keep
-# faster tests in the fast tier.
+# faster tests in the fast tier, except test_distributed (distributed.py runs in the fast tier's searches as one
+# rank) and test_imagenet (all slow).
 SLOW_TESTS = {
     "test_benchmark.py::test_child_peak_rss_reports_memory_and_times_of_a_fresh_process",
+    "test_distributed.py::test_two_gloo_ranks_agree_and_only_rank0_writes",
     "test_precision.py::test_fp16_search_checkpoints_and_resumes_the_loss_scales",
     "test_precision.py::test_second_order_darts_under_autocast",
     "test_preemption.py::test_cli_sigterm_exits_with_the_preempted_code_and_leaves_a_resumable_run",
     "test_preemption.py::test_single_level_run_on_the_test_split_resumes_mid_epoch_bitwise",
+    "test_reliability.py::test_sigterm_to_one_torchrun_rank_stops_every_rank_at_one_step_and_resume_is_bitwise",
     "test_search.py::test_cli_search_writes_run_directory_and_derive_and_plot",
     "test_search.py::test_fused_backend_follows_the_reference_genotype_trajectory",
     "test_search.py::test_short_search_on_builtin_data_learns",
+    "test_strategies.py::test_snas_child_keeps_parent_accuracy_on_digits",
     "test_strategies.py::test_snas_derives_every_edge_with_none_and_round_trips",
     "test_tfnas.py::test_cli_search_measures_its_own_table_and_logs",
     "test_train.py::test_a_derived_genotype_trains_on_digits_well_above_chance",
