@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dnas_fast developer entry point; every command sets up its own virtual environment first.
 #   ./dev.sh search [extra dnas-fast search flags]   a real DARTS search on the built-in digits data
-#   ./dev.sh test [pytest args]                      the full test suite
+#   ./dev.sh test [pytest args]                      the full test suite, on DNAS_FAST_TEST_WORKERS (2) xdist workers
+#   ./dev.sh test --fast [pytest args]               the fast tier: every test function once, slow ones left out
 #   ./dev.sh setup                                   only create/refresh the environment
 #   ./dev.sh bench-loader [args]                     bench/bench_loader.py against torchvision, in .venv-bench-loader
 # DNAS_FAST_VENV picks the venv folder (default .venv); DNAS_FAST_TORCH the torch requirement
@@ -29,7 +30,8 @@ cmd="${1:-test}"
 shift || true
 case "$cmd" in
   setup) setup ;;
-  test) setup && python -m pytest "$@" ;;
+  # -n: pytest-xdist workers (the test extra); 0 runs in this process (a debugger, -x with a clean traceback)
+  test) setup && python -m pytest -n "${DNAS_FAST_TEST_WORKERS:-2}" "$@" ;;
   search)
     setup
     # One intra-op thread: these tensors are tiny, and 2 OpenMP threads on a busy 2-core machine were 6x slower.

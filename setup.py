@@ -65,7 +65,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "tqdm", "matplotlib", "scikit-learn"],
     extras_require={
         "triton": ["triton"],
-        "test": ["pytest", "pytest-benchmark", "ruff", "ninja", "pybind11"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "ruff", "ninja", "pybind11"],
     },
     entry_points={"console_scripts": ["dnas-fast=dnas_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -7,7 +7,6 @@
 python bench/bench_batched.py --out bench/results/batched-cpu.csv [--threads 2] [--cases tiny step saved]
 """
 
-import os
 import sys
 import time
 
@@ -58,29 +57,29 @@ def _rows(case, stats, meta, **cfg):
 
 
 def run(cases, budget_s) -> list[dict]:
-    os.environ.pop(_backend.ENV_VAR, None)
-    meta = run_meta(torch.device("cpu"))
-    rows = []
-    if "tiny" in cases:
-        stats = time_interleaved({p: tiny_runner(p) for p in PROVIDERS}, "cpu", warmup=2, min_reps=10,
-                                 max_reps=60, budget_s=budget_s)  # fmt: skip
-        rows += _rows("tiny_fwd_bwd", stats, meta, C=4, layers=5, H=8, batch=2)
-    if "step" in cases:
-        for batch, order in STEP_CASES:
-            cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": order}
-            runners = {
-                name: timer(build_search_step({**cfg, "provider": p, "channels_last": cl}), "cpu")
-                for name, (p, cl) in STEP_PROVIDERS.items()
-            }
-            stats = time_interleaved(runners, "cpu", warmup=1, min_reps=2, max_reps=2, budget_s=0)
-            rows += _rows("search_step", stats, meta, **cfg)
-    if "saved" in cases:
-        for p in PROVIDERS:
-            step = build_search_step({"C": 16, "layers": 8, "H": 32, "batch": 4, "order": 1, "provider": p})
-            mib = search_step_saved_bytes(step) / 4 / 2**20
-            rows.append({"case": "saved_bytes", "provider": p, "saved_mib_per_sample": round(mib, 3), **meta})
-            print(f"saved for backward {p:8s} {mib:8.3f} MiB / sample", flush=True)
-    return rows
+    with _backend.use_backend(None):  # an override (DNAS_FAST_BACKEND) would replace each provider's backend
+        meta = run_meta(torch.device("cpu"))
+        rows = []
+        if "tiny" in cases:
+            stats = time_interleaved({p: tiny_runner(p) for p in PROVIDERS}, "cpu", warmup=2, min_reps=10,
+                                     max_reps=60, budget_s=budget_s)  # fmt: skip
+            rows += _rows("tiny_fwd_bwd", stats, meta, C=4, layers=5, H=8, batch=2)
+        if "step" in cases:
+            for batch, order in STEP_CASES:
+                cfg = {"C": 16, "layers": 8, "H": 32, "batch": batch, "order": order}
+                runners = {
+                    name: timer(build_search_step({**cfg, "provider": p, "channels_last": cl}), "cpu")
+                    for name, (p, cl) in STEP_PROVIDERS.items()
+                }
+                stats = time_interleaved(runners, "cpu", warmup=1, min_reps=2, max_reps=2, budget_s=0)
+                rows += _rows("search_step", stats, meta, **cfg)
+        if "saved" in cases:
+            for p in PROVIDERS:
+                step = build_search_step({"C": 16, "layers": 8, "H": 32, "batch": 4, "order": 1, "provider": p})
+                mib = search_step_saved_bytes(step) / 4 / 2**20
+                rows.append({"case": "saved_bytes", "provider": p, "saved_mib_per_sample": round(mib, 3), **meta})
+                print(f"saved for backward {p:8s} {mib:8.3f} MiB / sample", flush=True)
+        return rows
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,6 @@ exception: a ``batched`` block keeps its intermediates when its input is small (
 are here, and recomputes them otherwise, as at the DARTS search's sizes; ``batched-recompute`` counts that path.
 """
 
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -102,21 +101,21 @@ def _count(network: str, provider: str, case: str) -> Counter:
 
 def dispatch_rows(networks=tuple(NETWORKS), cases=CASES, names=None) -> list[dict]:
     """One row per (network, case, provider): total ops and the ratio to ``naive`` in the same run."""
-    os.environ.pop(_backend.ENV_VAR, None)  # it would override each provider's backend
-    meta = run_meta(torch.device("cpu"))
-    rows = []
-    for network in networks:
-        for case in cases:
-            counts = {p: count_case(network, p, case) for p in names or providers()}
-            naive = sum(counts["naive"].values()) if "naive" in counts else None
-            for p, ops in counts.items():
-                total = sum(ops.values())
-                top = ", ".join(f"{n} {c}" for n, c in ops.most_common(6))
-                ratio = round(total / naive, 3) if naive else None
-                rows.append({"network": network, "case": case, "provider": p, "ops": total, "ratio_vs_naive": ratio,
-                             "top_ops": top, **meta})  # fmt: skip
-                print(f"{network:6s} {case:12s} {p:10s} {total:7d} ops  {ratio}x naive   [{top}]", flush=True)
-    return rows
+    with _backend.use_backend(None):  # an override (DNAS_FAST_BACKEND) would replace each provider's backend
+        meta = run_meta(torch.device("cpu"))
+        rows = []
+        for network in networks:
+            for case in cases:
+                counts = {p: count_case(network, p, case) for p in names or providers()}
+                naive = sum(counts["naive"].values()) if "naive" in counts else None
+                for p, ops in counts.items():
+                    total = sum(ops.values())
+                    top = ", ".join(f"{n} {c}" for n, c in ops.most_common(6))
+                    ratio = round(total / naive, 3) if naive else None
+                    rows.append({"network": network, "case": case, "provider": p, "ops": total, "ratio_vs_naive": ratio,
+                                 "top_ops": top, **meta})  # fmt: skip
+                    print(f"{network:6s} {case:12s} {p:10s} {total:7d} ops  {ratio}x naive   [{top}]", flush=True)
+        return rows
 
 
 def write(rows, path: Path) -> None:

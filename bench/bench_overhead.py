@@ -6,7 +6,6 @@ machine's load) for each backend, in one run. Run it at two commits to see what 
     python bench/bench_overhead.py --out bench/results/overhead-cpu-<date>-<commit>.csv
 """
 
-import os
 import sys
 
 import torch
@@ -51,20 +50,22 @@ def python_calls(step) -> int:
 def main(argv=None) -> int:
     args = bench_parser(__doc__.splitlines()[0], threads=1).parse_args(argv)
     torch.set_num_threads(args.threads)
-    os.environ.pop(_backend.ENV_VAR, None)
-    providers = [p for p in PROVIDERS if p in _backend.available_backends("cpu")]
-    steps = {p: tiny_step(p) for p in providers}
-    for step in steps.values():
-        step()  # warm-up: caches, lazy imports
-    stats = time_interleaved({p: timer(s, "cpu") for p, s in steps.items()}, "cpu", min_reps=10, max_reps=60)
-    meta = run_meta(torch.device("cpu"))
-    rows = []
-    for p in providers:
-        rows.append({"bench": "overhead", "provider": p, "python_calls": python_calls(steps[p]), **stats[p], **meta})
-        print(f"{p:10s} {stats[p]['median_ms']:8.1f} ms  {rows[-1]['python_calls']:7d} Python calls", flush=True)
-    if args.out:
-        write_rows(rows, args.out)
-    return 0
+    with _backend.use_backend(None):  # an override (DNAS_FAST_BACKEND) would replace each provider's backend
+        providers = [p for p in PROVIDERS if p in _backend.available_backends("cpu")]
+        steps = {p: tiny_step(p) for p in providers}
+        for step in steps.values():
+            step()  # warm-up: caches, lazy imports
+        stats = time_interleaved({p: timer(s, "cpu") for p, s in steps.items()}, "cpu", min_reps=10, max_reps=60)
+        meta = run_meta(torch.device("cpu"))
+        rows = []
+        for p in providers:
+            rows.append(
+                {"bench": "overhead", "provider": p, "python_calls": python_calls(steps[p]), **stats[p], **meta}
+            )
+            print(f"{p:10s} {stats[p]['median_ms']:8.1f} ms  {rows[-1]['python_calls']:7d} Python calls", flush=True)
+        if args.out:
+            write_rows(rows, args.out)
+        return 0
 
 
 if __name__ == "__main__":

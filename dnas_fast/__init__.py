@@ -1,5 +1,6 @@
 """dnas_fast: a lean engine for differentiable neural architecture search."""
 
+from ._backend import use_backend
 from .arch import ArchWeights, EdgeGroup
 from .data import SearchData, build_search_data, known_datasets
 from .genotype import Genotype
@@ -29,4 +30,5 @@ __all__ = [
     "known_spaces",
     "known_strategies",
     "register_op",
+    "use_backend",
 ]

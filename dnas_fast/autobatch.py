@@ -22,7 +22,6 @@ What one measurement is (``measure(n) -> bytes``, None when out of memory):
 Two steps, because the first creates the optimizer state (momentum, Adam moments) the second runs with.
 """
 
-import ctypes
 import dataclasses
 import gc
 import importlib
@@ -35,11 +34,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .benchmark import rss_kb
+from .benchmark import cuda_peak_bytes, reset_peak_rss, rss_kb
 from .cuda_graphs import WARMUP_STEPS
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -167,18 +165,17 @@ def measure_cuda(task: dict, batch: int) -> int | None:
     device = torch.device(task["device"])
     gc.collect()
     torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    try:
+
+    def trial():  # the trial's network lives in this frame only: dropped before the cache is emptied
         step = trial_step(task, batch)
         for _ in range(measured_steps(task)):
             step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
+
+    try:
+        return cuda_peak_bytes(device, trial)
     except torch.cuda.OutOfMemoryError:
         return None
     finally:
-        step = None  # drop the trial's network before emptying the cache
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -212,9 +209,7 @@ def _cpu_child(task: dict) -> None:
     warm_up()
     del warm_up
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed heap back to the OS
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
-    base = rss_kb("VmRSS")
+    base = reset_peak_rss()
     step = trial_step(task, task["batch"])
     for _ in range(measured_steps(task)):
         step()

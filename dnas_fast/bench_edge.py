@@ -18,9 +18,7 @@ Example::
 
 import argparse
 import contextlib
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +34,6 @@ from .benchmark import (
     run_meta,
     saved_tensor_bytes,
     summarize,
-    sync,
     time_interleaved,
     timer,
     write_rows,
@@ -79,10 +76,12 @@ def edge_forward_fn(provider: str):
     if provider == "compile":
         compiled = torch.compile(reference_forward, dynamic=False)
         return lambda edge, x, w, mask: compiled(edge, x, w, mask)
-    os.environ.pop(_backend.ENV_VAR, None)  # it would override every provider's backend
-    return lambda edge, x, w, mask: _backend.resolve_backend(provider, x.device, edge).forward(
-        edge, x, w, mask, None, False
-    )
+
+    def forward(edge, x, w, mask):
+        with _backend.use_backend(None):  # an override (DNAS_FAST_BACKEND) would replace every provider's backend
+            return _backend.resolve_backend(provider, x.device, edge).forward(edge, x, w, mask, None, False)
+
+    return forward
 
 
 def make_edge_case(cfg: dict):
@@ -123,10 +122,7 @@ def bench_edge(cfg: dict, providers, modes=MODES, rss=False, budget_s=4.0) -> li
         base = {**cfg, "provider": provider, "mask": cfg.get("mask") or "all"}
         try:
             fn = edge_forward_fn(provider)
-            t0 = time.perf_counter()
-            fn(edge, x, w, mask).backward(g)
-            sync(device)
-            base["first_call_s"] = round(time.perf_counter() - t0, 3)
+            base["first_call_s"] = round(timer(lambda fn=fn: fn(edge, x, w, mask).backward(g), device)(), 3)
         except Exception as err:
             rows[provider] = {**base, "mode": "all", "note": f"failed: {type(err).__name__}: {str(err)[:200]}"}
             continue
@@ -147,22 +143,12 @@ def bench_edge(cfg: dict, providers, modes=MODES, rss=False, budget_s=4.0) -> li
 
 
 def _timed(mode, fn, edge, x, w, mask, g, device):
-    def run_once():
-        sync(device)
-        t0 = time.perf_counter()
-        if mode == "forward":
-            fn(edge, x, w, mask)
-            sync(device)
-            return time.perf_counter() - t0
-        out = fn(edge, x, w, mask)
-        if mode == "backward":
-            sync(device)
-            t0 = time.perf_counter()
-        out.backward(g)
-        sync(device)
-        return time.perf_counter() - t0
-
-    return run_once
+    """A ``timer`` of one mode: the forward, the backward after an untimed forward, or both."""
+    if mode == "forward":
+        return timer(lambda: fn(edge, x, w, mask), device)
+    if mode == "backward":
+        return timer(lambda out: out.backward(g), device, setup=lambda: fn(edge, x, w, mask))
+    return timer(lambda: fn(edge, x, w, mask).backward(g), device)
 
 
 # ---- one DARTS search step ---------------------------------------------------------------------------------------
@@ -183,7 +169,6 @@ def build_search_step(cfg: dict):
 
     provider = cfg["provider"]
     backend = "reference" if provider == "naive" else provider
-    os.environ.pop(_backend.ENV_VAR, None)  # it would override the per-space backend of every provider
     device = torch.device(cfg.get("device", "cpu"))
     torch.manual_seed(0)
     imagenet = cfg.get("imagenet", False)  # the ImageNet stem, 1000 classes; pc: PC-DARTS partial channels K
@@ -210,29 +195,41 @@ def build_search_step(cfg: dict):
         strategy.arch_step(ctx, train, valid)
         return strategy.weight_step(ctx, train)
 
-    capture = cfg.get("capture")
+    run = _captured(search_step, cfg.get("capture"), device, ctx, N)
+    threshold = cfg.get("recompute_min_numel")
+
+    @contextlib.contextmanager
+    def as_configured():
+        # no override (DNAS_FAST_BACKEND): it would replace the per-space backend of every provider
+        with _backend.use_backend(None):
+            with contextlib.nullcontext() if threshold is None else batched_cell.recompute_min_numel(threshold):
+                yield
+
+    def step():
+        with as_configured():
+            run(ctx, train, valid)
+
+    def report():  # measured by ``child_peak_rss``
+        with as_configured():
+            return {"saved_bytes": search_step_saved_bytes(step)}
+
+    step.space, step.strategy, step.train, step.ctx, step.report = space, strategy, train, ctx, report
+    return step
+
+
+def _captured(search_step, capture, device, ctx, batch_size):
+    """``search_step`` run eagerly (``capture`` None), as a captured CUDA graph or compiled."""
     if capture is not None and device.type != "cuda":
         raise ValueError(f"capture {capture!r} needs a CUDA device, got {device}")
     if capture == "graph":
         from .cuda_graphs import CapturedStep
 
-        run = CapturedStep(search_step, w_opt, ctx.a_optimizer, batch_size=N)
-    elif capture == "compile":
-        run = torch.compile(search_step, mode="reduce-overhead")
-    elif capture is None:
-        run = search_step
-    else:
-        raise ValueError(f"capture must be None, 'graph' or 'compile', got {capture!r}")
-
-    threshold = cfg.get("recompute_min_numel")
-
-    def step():
-        with contextlib.nullcontext() if threshold is None else batched_cell.recompute_min_numel(threshold):
-            run(ctx, train, valid)
-
-    step.space, step.strategy, step.train, step.ctx = space, strategy, train, ctx
-    step.report = lambda: {"saved_bytes": search_step_saved_bytes(step)}  # measured by ``child_peak_rss``
-    return step
+        return CapturedStep(search_step, ctx.w_optimizer, ctx.a_optimizer, batch_size=batch_size)
+    if capture == "compile":
+        return torch.compile(search_step, mode="reduce-overhead")
+    if capture is None:
+        return search_step
+    raise ValueError(f"capture must be None, 'graph' or 'compile', got {capture!r}")
 
 
 def search_step_saved_bytes(step) -> int:

@@ -4,10 +4,11 @@
 * metadata: ``run_meta(device)`` = the columns every result row carries (``device_name``, torch version,
   ``git_sha``, UTC date, 1-minute load average);
 * timing: ``time_interleaved`` (providers round-robin, median / p20 / p80), ``timer`` (a synchronised
-  ``run_once`` for it), ``summarize``;
+  ``run_once`` for it), ``median_ms`` (one step alone: the latency tables), ``summarize``;
 * memory: ``saved_tensor_bytes`` (bytes autograd saves for backward), ``child_peak_rss`` (peak RSS of one step
-  in a fresh process, CPU), ``cuda_peak_mb`` (allocator peak of one step), ``largest_batch`` (bisection to the
-  first CUDA out-of-memory);
+  in a fresh process, CPU), ``reset_peak_rss`` / ``rss_kb`` (the peak-RSS window of this process, which
+  ``child_peak_rss`` and ``autobatch`` read), ``cuda_peak_bytes`` / ``cuda_peak_mb`` (allocator peak of one step),
+  ``largest_batch`` (bisection to the first CUDA out-of-memory);
 * output: ``write_rows`` (long CSV + JSON twin), ``format_table``, ``add_case`` (print and save as a run goes);
 * command line: ``bench_parser`` (the ``--out`` / ``--device`` / ``--threads`` / ``--quick`` flags).
 
@@ -99,17 +100,25 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timer(step, device):
-    """``run_once() -> seconds`` of one synchronised call of ``step()``, for ``time_interleaved``."""
+def timer(step, device, setup=None):
+    """``run_once() -> seconds`` of one synchronised call of ``step()``, for ``time_interleaved``. With ``setup``,
+    each call runs ``step(setup())`` and times only ``step`` (a backward after its untimed forward)."""
 
     def run_once():
+        arg = None if setup is None else setup()
         sync(device)
         t0 = time.perf_counter()
-        step()
+        step() if setup is None else step(arg)
         sync(device)
         return time.perf_counter() - t0
 
     return run_once
+
+
+def median_ms(step, device, repeats: int, warmup: int = 0) -> float:
+    """Median wall time (ms) of ``repeats`` synchronised calls of ``step()`` after ``warmup`` calls."""
+    stats = time_interleaved({"step": timer(step, device)}, device, warmup, repeats, repeats, budget_s=0)
+    return stats["step"]["median_ms"]
 
 
 def time_interleaved(runners: dict, device, warmup=1, min_reps=3, max_reps=15, budget_s=4.0) -> dict:
@@ -177,9 +186,7 @@ def _child(builder: str, task: dict, timed_steps: int, threads: int) -> None:
     module, function = builder.split(":")
     step = getattr(importlib.import_module(module), function)(task)
     step()  # warm-up: one-time allocations (oneDNN caches, optimizer state) are not the step's memory
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the warm-up's freed heap back to the OS
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    base = rss_kb("VmRSS")
+    base = reset_peak_rss()
     times = []
     for _ in range(timed_steps):
         t0 = time.perf_counter()
@@ -193,6 +200,14 @@ def _child(builder: str, task: dict, timed_steps: int, threads: int) -> None:
     print(json.dumps(result))
 
 
+def reset_peak_rss() -> int:
+    """Hand the freed heap back to the OS and restart the peak-RSS count (``VmHWM``) from the current resident
+    set, which it returns (KiB): a step's peak is then ``rss_kb("VmHWM")`` less it (Linux >= 4.0)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    return rss_kb("VmRSS")
+
+
 def rss_kb(field: str) -> int:
     """``VmRSS`` / ``VmHWM`` (KiB) of this process, from ``/proc/self/status`` (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -201,14 +216,19 @@ def rss_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} (peak-RSS measurement needs Linux)")
 
 
-def cuda_peak_mb(device, step) -> float:
-    """MiB the CUDA allocator's peak rose above the memory already allocated while ``step()`` ran."""
+def cuda_peak_bytes(device, step) -> int:
+    """Bytes the CUDA allocator's peak rose above the memory already allocated while ``step()`` ran."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     step()
     torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def cuda_peak_mb(device, step) -> float:
+    """``cuda_peak_bytes`` in MiB."""
+    return cuda_peak_bytes(device, step) / 2**20
 
 
 def largest_batch(run_at, device, hi=4096, start=8) -> int:

@@ -1,5 +1,9 @@
-"""``dnas-fast`` command line: search, derive, plot, latency (+ bench-edge, train and eval-child when their
-modules exist)."""
+"""dnas-fast: differentiable architecture search from the command line.
+
+Commands: search (run or resume a search), train (train a found architecture from scratch), eval-child (the child
+network inside a search checkpoint), derive (the architecture of a checkpoint), plot (a run's PNG plots), latency
+(TF-NAS latency tables: build, measure), bench-edge (time and memory of one edge per backend). `dnas-fast COMMAND
+-h` lists a command's flags."""
 
 import argparse
 import importlib

@@ -1,18 +1,12 @@
 """MixedEdge: the one module through which every strategy computes ``sum_k w_k * op_k(x)``."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import _backend
 from .ops import build_op, check_op_names
+from .partial_channels import ScaledBypass, bypass_of, channel_shuffle
 from .shapes import strided_shape
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """PC-DARTS channel shuffle: ``view(N, g, C/g, H, W).transpose(1, 2)``."""
-    N, C, H, W = x.shape
-    return x.view(N, groups, C // groups, H, W).transpose(1, 2).reshape(N, C, H, W)
 
 
 class MixedEdge(nn.Module):
@@ -26,7 +20,8 @@ class MixedEdge(nn.Module):
         partial_channels: PC-DARTS ``K``: ``C / K`` channels go through the ops, the rest bypass (2x2
             max-pooled on stride 2) and the result is channel-shuffled. 1 disables it.
         aux_skip: build the DARTS- auxiliary skip path (weighted by ``aux_weight`` in forward).
-        backend: ``auto`` (default), ``reference`` or a fused backend; env ``DNAS_FAST_BACKEND`` overrides.
+        backend: ``auto`` (default), ``reference`` or a fused backend; ``dnas_fast.use_backend`` and env
+            ``DNAS_FAST_BACKEND`` override it.
 
     The ops live in ``self._ops`` with the authors' layout, so a quark0/darts ``MixedOp`` state_dict loads.
 
@@ -120,47 +115,6 @@ class MixedEdge(nn.Module):
 
     def output_shape(self, x):
         return strided_shape(x, self.stride, self.C_out)
-
-
-def bypass_of(x: torch.Tensor, K: int, stride: int) -> torch.Tensor:
-    """The channels PC-DARTS passes around the ops (2x2 max-pooled on stride 2), Tensor[N, C - C/K, H', W']."""
-    bypass = x[:, x.shape[1] // K :]
-    return F.max_pool2d(bypass, 2, 2, ceil_mode=True) if stride == 2 else bypass
-
-
-def _bypass_slots(out: torch.Tensor, K: int) -> torch.Tensor:
-    """View of the bypass channels inside a channel-shuffled edge output, laid out as ``bypass_of``'s
-    ``[N, K - 1, C/K, H', W']``: cat channel ``i * C/K + j`` sits at output channel ``j * K + i``."""
-    N, C, H, W = out.shape
-    return out.view(N, C // K, K, H, W)[:, :, 1:].transpose(1, 2)
-
-
-class ScaledBypass(torch.autograd.Function):
-    """``out`` (a fused edge output whose op and aux terms are already scaled) with ``(scale - 1) * bypass``
-    added in place on its bypass channels, so the whole edge output is scaled. Saves nothing new: the bypass is
-    recomputed from ``x`` (which the fused edge keeps anyway) in backward."""
-
-    @staticmethod
-    def forward(ctx, out, x, scale, K, stride):
-        bypass = bypass_of(x, K, stride)
-        slots = _bypass_slots(out, K)
-        slots += (scale - 1).to(out.dtype) * bypass.reshape(slots.shape)
-        ctx.mark_dirty(out)
-        ctx.save_for_backward(x, scale)
-        ctx.K, ctx.stride = K, stride
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        x, scale = ctx.saved_tensors
-        K, stride = ctx.K, ctx.stride
-        with torch.enable_grad():
-            xb = x.detach().requires_grad_()
-            bypass = bypass_of(xb, K, stride)
-            g_bypass = _bypass_slots(g, K).reshape(bypass.shape)
-            d_scale = (g_bypass * bypass.detach()).sum().to(scale.dtype)
-            (dx,) = torch.autograd.grad(bypass, xb, g_bypass * (scale - 1).to(g.dtype))
-        return g, dx, d_scale, None, None
 
 
 def active_ops(edge: MixedEdge, mask):

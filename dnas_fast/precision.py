@@ -15,6 +15,8 @@ Example::
     precision.step("weights", optimizer)
 """
 
+import functools
+
 import torch
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,3 +82,24 @@ def autocast_state(device_type: str) -> tuple:
 def restore_autocast(state: tuple):
     device_type, enabled, dtype = state
     return torch.autocast(device_type, dtype=dtype, enabled=enabled)
+
+
+def recomputing_backward(what: str):
+    """Decorator of the ``backward(ctx, g)`` of a Function that recomputes its forward (the fused edge, a batched
+    block): runs it under the forward's autocast (``ctx.autocast``, from :func:`autocast_state`), so the
+    recomputed ops run in the forward's dtypes, and refuses double backward with a clear error naming ``what``."""
+
+    def wrap(backward):
+        @functools.wraps(backward)
+        def run(ctx, g):
+            with restore_autocast(ctx.autocast):
+                if torch.is_grad_enabled():
+                    raise RuntimeError(
+                        f"the {what} backward is not differentiable (create_graph=True / double backward); use "
+                        "backend='reference' for higher-order gradients (second-order DARTS uses finite differences)"
+                    )
+                return backward(ctx, g)
+
+        return run
+
+    return wrap

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnas_fast import _backend
 from dnas_fast.arch import ArchWeights
 from dnas_fast.kernels import batched_cell
+from dnas_fast.kernels.batched_cell import block, plan
 from dnas_fast.spaces import build_space
 from tests.utils import assert_close
 
@@ -24,11 +24,12 @@ NETS = {
 
 
 @pytest.fixture(autouse=True, params=["recompute", "keep"])
-def block_memory(request, monkeypatch):
+def block_memory(request, backend_override):
     """Every test runs both ways a block runs: recomputed in its backward (``BlockFunction``, large inputs) and
-    under autograd with its intermediates kept (small inputs)."""
-    monkeypatch.setattr(batched_cell, "RECOMPUTE_MIN_NUMEL", 0 if request.param == "recompute" else 2**62)
-    return request.param
+    under autograd with its intermediates kept (small inputs); no backend override (the edges choose)."""
+    backend_override(None)
+    with batched_cell.recompute_min_numel(0 if request.param == "recompute" else 2**62):
+        yield request.param
 
 
 def make(net, **kw):
@@ -71,12 +72,11 @@ def step(space, arch, x, y):
 def check_same(net, monkeypatch, layout=torch.contiguous_format, **arch_kw):
     """The batched network (in ``layout``) against the contiguous reference; with channels_last every block reads
     channels_last states and writes its [N, E, C, H, W] output in memory order N, H, W, E, C."""
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     ref, bat = make(net)
     set_backend(bat, "batched")
     bat.to(memory_format=layout)
     calls = []
-    real = batched_cell.block_forward
+    real = block.block_forward
 
     def block_forward(plan, x, *args):
         out = real(plan, x, *args)
@@ -86,7 +86,7 @@ def check_same(net, monkeypatch, layout=torch.contiguous_format, **arch_kw):
         )
         return out
 
-    monkeypatch.setattr(batched_cell, "block_forward", block_forward)
+    monkeypatch.setattr(block, "block_forward", block_forward)
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 3, 5])
     for seed in (1, 2):  # two steps: running statistics build on each other
@@ -132,7 +132,6 @@ def test_batched_masks_and_straight_through(net, straight_through, monkeypatch):
 
 def test_masked_family_never_runs(monkeypatch):
     """A conv op masked on every edge of the net is not run: NaN weights in it leave no trace."""
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     _, bat = make("darts")
     set_backend(bat, "batched")
     k = bat.config["op_names"].index("sep_conv_5x5")
@@ -150,12 +149,11 @@ def test_masked_family_never_runs(monkeypatch):
 
 
 def test_block_plans_are_built_once_per_mask_and_their_cache_is_bounded(monkeypatch):
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     _, bat = make("nb201")
     set_backend(bat, "batched")
     built = []
-    real = batched_cell.make_block_plan
-    monkeypatch.setattr(batched_cell, "make_block_plan", lambda *a: built.append(a) or real(*a))
+    real = plan.make_block_plan
+    monkeypatch.setattr(plan, "make_block_plan", lambda *a: built.append(a) or real(*a))
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     arch = arch_of(bat)
     bat(x, arch)
@@ -163,25 +161,24 @@ def test_block_plans_are_built_once_per_mask_and_their_cache_is_bounded(monkeypa
     assert first > 0
     bat(x, arch)
     assert len(built) == first, "an unchanged arch rebuilt its block plans"
-    monkeypatch.setattr(batched_cell, "_MAX_PLANS", 4)
+    monkeypatch.setattr(plan, "_MAX_PLANS", 4)
     for seed in range(6):  # a new mask each step (sampling strategies): new plans, at most _MAX_PLANS kept
         bat(x, arch_of(bat, seed, mask_p=0.5))
     assert len(built) > first
-    cells = [batched_cell._CELLS[m] for m in bat.modules() if m in batched_cell._CELLS]
+    cells = [plan._CELLS[m] for m in bat.modules() if m in plan._CELLS]
     assert cells and all(len(c.plans) <= 4 for c in cells)
 
 
 def test_small_blocks_keep_intermediates_and_large_ones_recompute_with_less_saved(monkeypatch):
     from dnas_fast.benchmark import saved_tensor_bytes
 
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     _, bat = make("darts")
     set_backend(bat, "batched")
     x, y = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2])
     arch = arch_of(bat)
     exclude = [*bat.parameters(), *bat.buffers(), *(a.weights for a in arch.values())]
     seen, recomputed = [], []
-    real_forward, real_apply = batched_cell.block_forward, batched_cell.BlockFunction.apply
+    real_forward, real_apply = block.block_forward, batched_cell.BlockFunction.apply
 
     def block_forward(plan, x, *args):
         seen.append(x.numel())
@@ -191,13 +188,13 @@ def test_small_blocks_keep_intermediates_and_large_ones_recompute_with_less_save
         recomputed.append(args[1].numel())
         return real_apply(*args)
 
-    monkeypatch.setattr(batched_cell, "block_forward", block_forward)
+    monkeypatch.setattr(block, "block_forward", block_forward)
     monkeypatch.setattr(batched_cell.BlockFunction, "apply", apply)
 
     def saved_with(threshold):
         seen.clear(), recomputed.clear()
-        monkeypatch.setattr(batched_cell, "RECOMPUTE_MIN_NUMEL", threshold)
-        saved = saved_tensor_bytes(lambda: F.cross_entropy(bat(x, arch), y), exclude)
+        with batched_cell.recompute_min_numel(threshold):
+            saved = saved_tensor_bytes(lambda: F.cross_entropy(bat(x, arch), y), exclude)
         assert recomputed == [n for n in seen if n >= threshold], threshold
         return saved
 
@@ -210,7 +207,6 @@ def test_small_blocks_keep_intermediates_and_large_ones_recompute_with_less_save
 
 
 def test_eval_mode_falls_back_to_per_edge(monkeypatch):
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     ref, bat = make("darts")
     set_backend(bat, "batched")
     ref.eval(), bat.eval()
@@ -224,7 +220,7 @@ def test_eval_mode_falls_back_to_per_edge(monkeypatch):
 def test_a_bench_step_picks_the_block_path_and_leaves_the_threshold(threshold, monkeypatch):
     from dnas_fast.bench_edge import build_search_step
 
-    before = batched_cell.RECOMPUTE_MIN_NUMEL
+    before = batched_cell.recompute_threshold()
     recomputed = []
     real = batched_cell.BlockFunction.apply
     monkeypatch.setattr(batched_cell.BlockFunction, "apply", lambda *a: recomputed.append(1) or real(*a))
@@ -232,4 +228,4 @@ def test_a_bench_step_picks_the_block_path_and_leaves_the_threshold(threshold, m
                               "recompute_min_numel": threshold})  # fmt: skip
     step()
     assert bool(recomputed) == (threshold == 0)
-    assert batched_cell.RECOMPUTE_MIN_NUMEL == before
+    assert batched_cell.recompute_threshold() == before

@@ -34,8 +34,8 @@ def cell_grads(cell, s0, s1, alphas, betas):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_drop_in_matches_authors_cell(case, monkeypatch):
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)  # our MixedOp runs on ``auto``: the fused path
+def test_drop_in_matches_authors_cell(case, monkeypatch, backend_override):
+    backend_override(None)  # our MixedOp runs on ``auto``: the fused path
     authors_op, our_op, reduction, pc = CASES[case]
     torch.manual_seed(0)
     C, steps = 8, 2

@@ -21,11 +21,11 @@ SLACK = 1.01  # op counts are exact; this only absorbs a one-op change in a help
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: f"{r['network']}-{r['provider']}")
-def test_dispatch_ratio_does_not_regress(row, monkeypatch):
+def test_dispatch_ratio_does_not_regress(row, monkeypatch, backend_override):
     backend = "batched" if row["provider"] == bench_dispatch.RECOMPUTE else row["provider"]
     if backend not in _backend.available_backends("cpu"):
         pytest.skip(f"backend {row['provider']} is not built here")
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    backend_override(None)
     naive = sum(bench_dispatch.count_case(row["network"], "naive", "fwd_bwd").values())
     ours = sum(bench_dispatch.count_case(row["network"], row["provider"], "fwd_bwd").values())
     assert ours / naive <= row["ratio_vs_naive"] * SLACK, (

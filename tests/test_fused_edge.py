@@ -21,7 +21,6 @@ from dnas_fast.ops import DARTS_OPS, NB201_OPS, known_ops, register_op  # noqa: 
 from dnas_fast.spaces import DartsSpace  # noqa: E402
 from tests.utils import assert_close  # noqa: E402
 
-ENV = _backend.ENV_VAR
 BACKENDS = ["fused"] + [b for b in ("cpu",) if b in _backend.available_backends("cpu")]
 if triton_kernels.available("cpu"):
     BACKENDS = sorted(set(BACKENDS) | {"triton"})  # the backend is available only when forced through the env var
@@ -43,12 +42,10 @@ def run(edge, x, w, backend, monkeypatch, mask=None, aux=None, straight_through=
     w = w.detach().requires_grad_()
     aux = None if aux is None else aux.detach().requires_grad_()
     if backend == "reference":
-        monkeypatch.delenv(ENV, raising=False)
         out = reference_forward(edge, x, w, mask, aux, straight_through)
     else:
-        monkeypatch.setenv(ENV, backend)
-        out = edge(x, w, mask, aux, straight_through)
-        monkeypatch.delenv(ENV)
+        with _backend.use_backend(backend):
+            out = edge(x, w, mask, aux, straight_through)
     # logical order, whatever out's memory format (randn_like would fill channels_last outputs differently)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype) if g is None else g
     inputs = {"x": x, "w": w, **({} if aux is None else {"aux": aux}), **dict(edge.named_parameters())}
@@ -213,8 +210,8 @@ def test_functional_call_gradients_flow_to_the_given_parameters(monkeypatch):
     shifted = {n: (p.detach() + 0.1).requires_grad_() for n, p in edge.named_parameters()}
     outs = {}
     for backend in ("reference", "fused"):
-        monkeypatch.setenv(ENV, backend)
-        out = functional_call(copy.deepcopy(edge), shifted, (x, w))
+        with _backend.use_backend(backend):
+            out = functional_call(copy.deepcopy(edge), shifted, (x, w))
         outs[backend] = (out, torch.autograd.grad(out.sum(), list(shifted.values())))
     assert_close("out", outs["fused"][0], outs["reference"][0], **TOL[torch.float64])
     for name, a, b in zip(shifted, outs["fused"][1], outs["reference"][1]):
@@ -240,21 +237,21 @@ def _unknown_op(C_in, C_out, stride, affine):
     return nn.Sequential(nn.Conv2d(C_in, C_out, 3, stride, 1, bias=False), nn.BatchNorm2d(C_out, affine=affine))
 
 
-def test_unknown_op_falls_back_to_reference_and_forcing_is_an_error(monkeypatch):
+def test_unknown_op_falls_back_to_reference_and_forcing_is_an_error(backend_override):
     if "test_fused_unknown_op" not in known_ops():
         register_op("test_fused_unknown_op", _unknown_op)
     edge = MixedEdge(4, 1, ["skip_connect", "test_fused_unknown_op"])
     assert not supports(edge)
     assert _backend.resolve_backend(None, torch.device("cpu"), edge).name == "reference"
-    monkeypatch.setenv(ENV, "fused")
+    backend_override("fused")
     with pytest.raises(RuntimeError, match="does not support"):
         edge(torch.randn(1, 4, 5, 5), torch.ones(2))
     with pytest.raises(ValueError, match="does not know"):
         fused_edge_forward(edge, torch.randn(1, 4, 5, 5), torch.ones(2))
 
 
-def test_bad_inputs(monkeypatch):
-    monkeypatch.setenv(ENV, "fused")
+def test_bad_inputs(backend_override):
+    backend_override("fused")
     edge = MixedEdge(4, 1, DARTS_OPS, pool_bn=True)
     x = torch.randn(2, 4, 6, 6)
     with pytest.raises(ValueError, match="weights must have shape"):
@@ -267,12 +264,12 @@ def test_bad_inputs(monkeypatch):
         edge(x.long(), torch.ones(8))
     with pytest.raises(ValueError, match="on meta"):
         edge(x, torch.ones(8, device="meta"))
-    monkeypatch.setenv(ENV, "no_such_backend")
+    backend_override("no_such_backend")
     with pytest.raises(ValueError, match="unknown backend"):
         edge(x, torch.ones(8))
 
 
-def test_darts_search_step_fused_equals_reference(monkeypatch):
+def test_darts_search_step_fused_equals_reference(backend_override):
     """One first-order step of a small DARTS supernet: same loss, arch and weight gradients, same BN buffers."""
     torch.manual_seed(0)
     space = DartsSpace(C=8, layers=5)
@@ -281,7 +278,7 @@ def test_darts_search_step_fused_equals_reference(monkeypatch):
     alphas = {g: (1e-1 * torch.randn(14, 8)).requires_grad_() for g in ("normal", "reduce")}
     results = {}
     for backend in ("reference", "fused"):
-        monkeypatch.setenv(ENV, backend)
+        backend_override(backend)
         model = copy.deepcopy(space)
         arch = {g: ArchWeights(torch.softmax(a, -1)) for g, a in alphas.items()}
         loss = nn.functional.cross_entropy(model(x, arch), y)

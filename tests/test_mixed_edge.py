@@ -121,8 +121,8 @@ def test_bad_construction():
         MixedEdge(4, 1, NB201_OPS, partial_channels=3)
 
 
-def test_forced_unknown_backend_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("DNAS_FAST_BACKEND", "no-such-backend")
+def test_forced_unknown_backend_is_a_clear_error(backend_override):
+    backend_override("no-such-backend")
     edge = MixedEdge(4, 1, NB201_OPS)
     with pytest.raises(ValueError, match="unknown backend 'no-such-backend'"):
         edge(torch.randn(1, 4, 4, 4), torch.ones(5))

@@ -66,9 +66,8 @@ def test_cell_output_is_the_beta_weighted_sum_of_whole_edge_outputs(monkeypatch,
             w2 = strategy.edge_weights(group)
             out = authors_cell(cell, s0, s1, arch.weights, w2, arch.aux)
         else:
-            monkeypatch.setenv(_backend.ENV_VAR, backend)
-            out = cell(s0, s1, arch)
-            monkeypatch.delenv(_backend.ENV_VAR)
+            with _backend.use_backend(backend):
+                out = cell(s0, s1, arch)
         g = torch.randn_like(out) if g is None else g
         (out * g).sum().backward()
         params = {n: p.grad.clone() for n, p in cell.named_parameters() if p.grad is not None}

@@ -5,6 +5,7 @@ of the reference backend itself under the same precision, plus a small floor, so
 precision costs rather than a hand-picked number.
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -82,8 +83,14 @@ BLOCK_PATHS = [("batched", 0), ("batched", 2**62)] if "batched" in CPU_BACKENDS 
 
 @pytest.mark.parametrize("backend, keep_below", [(b, None) for b in CPU_BACKENDS] + BLOCK_PATHS)
 def test_bf16_step_on_cpu_within_the_references_own_bf16_error(backend, keep_below, monkeypatch):
+    stack = contextlib.ExitStack()
     if keep_below is not None:
-        monkeypatch.setattr(batched_cell, "RECOMPUTE_MIN_NUMEL", keep_below)
+        stack.enter_context(batched_cell.recompute_min_numel(keep_below))
+    with stack:
+        _bf16_step_within_error(backend)
+
+
+def _bf16_step_within_error(backend):
     space, strategy, (train, _) = tiny_search()
     exact = step_grads(space, strategy, train, "fp32", "reference")
     ref_low = step_grads(space, strategy, train, "bf16", "reference")

@@ -51,15 +51,18 @@ def test_backend_resolved_once_per_edge_device_and_override(monkeypatch):
     for _ in range(3):
         _backend.resolve_backend(None, cpu, edge)
     assert calls == ["auto"]
-    monkeypatch.setenv(_backend.ENV_VAR, "reference")
-    assert _backend.resolve_backend(None, cpu, edge).name == "reference"
+    with _backend.use_backend("reference"):
+        assert _backend.resolve_backend(None, cpu, edge).name == "reference"
+        assert _backend.resolve_backend(None, cpu, edge).name == "reference"
     assert calls == ["auto", "reference"]
+    assert _backend.resolve_backend(None, cpu, edge).name != "reference"  # the override ends with its block
+    assert calls == ["auto", "reference", "auto"]
 
 
-def test_auto_says_once_which_backend_it_picked_and_warns_without_the_extension(monkeypatch, caplog):
+def test_auto_says_once_which_backend_it_picked_and_warns_without_the_extension(monkeypatch, caplog, backend_override):
+    backend_override(None)
     monkeypatch.setattr(_backend, "_ANNOUNCED", set())
     monkeypatch.setattr(_ext, "load", lambda: False)
-    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
     caplog.set_level(logging.INFO, logger="dnas_fast")
     for C in (4, 8):  # two edges, one message
         _backend.resolve_backend(None, torch.device("cpu"), MixedEdge(C, 1, ["skip_connect", "avg_pool_3x3"]))

@@ -56,8 +56,7 @@ inline T nan_max(T a, T b) {
 // the order) with fewer loads and loops that the compiler vectorizes. With kArgmax it also keeps the plane offset of
 // each window's maximum: the first one in row-major order, as Window's, since the row pass keeps the first maximum
 // of each row and the column pass the first row that holds the window's maximum. One instance per task, reused
-// over its planes. Measured at N=16, C=16, 32x32, stride 1, 2 threads (shared AMD EPYC): pool_combine 0.54 ms, vs
-// 23 ms with a Window per output and 11 ms for the reference.
+// over its planes. Much faster than a Window per output (bench/results/notes.md, "C++ kernel choices").
 template <typename scalar_t, bool kArgmax = false>
 class PlanePools {
  public:
@@ -98,7 +97,7 @@ class PlanePools {
         for (int64_t ow = 0; ow < Wo_; ++ow) {
           if constexpr (kArgmax) {
             // A mask, not '?:': gcc turns the select into a branch, and which row wins is data-dependent
-            // (mispredicted branches made this pass 3x slower).
+            // (mispredicted branches made this pass slower: bench/results/notes.md, "C++ kernel choices").
             const index_t mask = -static_cast<index_t>(replaces(m[ow], hm[ow]));
             am[ow] ^= (am[ow] ^ hi_r[ow]) & mask;
           }
@@ -131,7 +130,7 @@ class PlanePools {
         for (int64_t ow = 0; ow < Wo_; ++ow) v[r * Wo_ + ow] += ga[oh * Wo_ + ow];
     }
     // Along rows as a gather (each w sums the outputs covering it): a scatter's overlapping writes stall on
-    // store forwarding (measured 2x slower backward).
+    // store forwarding (a slower backward: bench/results/notes.md, "C++ kernel choices").
     for (int64_t h = 0; h < H_; ++h) {
       const scalar_t* vr = v + h * Wo_;
       scalar_t* dr = d + h * W_;

@@ -1,15 +1,16 @@
 """The fused MixedEdge backends: which primitives (``Prims``) each one runs, where it is available, and its
 priority under ``auto`` (the highest among those available on x's device that support the edge wins):
 
-    batched  40  the cell-level batched path (``batched_cell.py``): every edge reading one state runs each op
-                 family once (0.42x the naive supernet's dispatched ops per forward+backward); a lone edge runs
+    batched  40  the cell-level batched path (``batched_cell/``, offered as the backend's ``cell_forward``):
+                 every edge reading one state runs each op family once (fewer dispatched ops than the naive
+                 supernet: bench/results/dispatch-cpu-20261203.*); a lone edge runs
                  the fused path with the best primitives of its device; ``auto`` picks it on CPU only (on CUDA
                  it runs when asked for by name, until a GPU run has measured it)
     cpu      30  compiled-extension primitives (``_ext``), device CPU
     cuda     30  compiled-extension primitives, device CUDA (extension built with nvcc)
     triton   20  Triton primitives (``dnas_fast.triton_kernels``) on CUDA; on CPU only when forced
-                 (``DNAS_FAST_BACKEND=triton``) with ``TRITON_INTERPRET=1`` (tests), so ``auto`` never picks the
-                 interpreter
+                 (``use_backend("triton")`` or ``DNAS_FAST_BACKEND=triton``) with ``TRITON_INTERPRET=1`` (tests),
+                 so ``auto`` never picks the interpreter
     fused    10  plain-PyTorch primitives (``pool_combine_ref``): the fused path on every device
     reference -1 (``mixed_edge.py``): the naive per-op loop; ``auto`` falls back to it for edges with an op the
                  fused path does not know (e.g. MBConv)
@@ -18,16 +19,13 @@ So on CPU ``auto`` = batched (its per-edge fallback: cpu if ``dnas_fast._C`` is 
 cuda > triton > fused.
 """
 
-import os
-
 import torch
 
 from .. import _backend
+from .batched_cell import cell_forward
 from .edge_structure import supports
 from .fused_edge import REF_PRIMS, fused_edge_forward
 from .pool_combine_ref import Prims
-
-BATCHED = "batched"  # the cell forwards look for this name (batched_cell.py)
 
 
 def _ext():
@@ -60,7 +58,7 @@ def _triton_available(device) -> bool:
     tk = _triton()
     if tk is None or not tk.available(device):
         return False
-    return device.type == "cuda" or os.environ.get(_backend.ENV_VAR) == "triton"
+    return device.type == "cuda" or _backend.override() == "triton"
 
 
 def ext_prims() -> Prims:
@@ -93,7 +91,13 @@ for _b in (
     _backend.Backend("triton", _forward_with(lambda device: triton_prims()), _triton_available, supports, priority=20),
     _backend.Backend("fused", _forward_with(lambda device: REF_PRIMS), lambda device: True, supports, priority=10),
     _backend.Backend(  # on CUDA only when asked for: not yet measured on a GPU (bench/gpu_suite.py does)
-        BATCHED, _forward_with(best_prims), lambda device: True, supports, priority=40, auto_on=_on_cpu
+        "batched",
+        _forward_with(best_prims),
+        lambda device: True,
+        supports,
+        priority=40,
+        auto_on=_on_cpu,
+        cell_forward=cell_forward,
     ),
 ):
     _backend.register_backend(_b)

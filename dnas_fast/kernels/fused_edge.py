@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..mixed_edge import MixedEdge, active_ops
-from ..precision import autocast_state, restore_autocast
+from ..partial_channels import bypass_backward, bypass_of, scatter_partial, split_partial
+from ..precision import autocast_state, recomputing_backward
 from ..shapes import memory_format_of, strided_shape
 from . import pool_combine_ref
 from .edge_structure import ConvProgram, EdgeSpec, edge_spec, uses_batch_stats
@@ -194,32 +195,14 @@ def fused_forward(plan: _Plan, x, weights, aux_weight, params):
 def _scatter_partial(plan, x, acc):
     """cat([acc, bypass]) written in channel-shuffled order straight into the output (PC-DARTS, groups K)."""
     N, C = x.shape[:2]
-    K, Co = plan.pc, plan.C_ops
-    bypass = x[:, Co:]
-    if plan.stride == 2:
-        bypass = F.max_pool2d(bypass, 2, 2, ceil_mode=True)
-    Ho, Wo = acc.shape[-2:]
-    out = torch.empty((N, C, Ho, Wo), dtype=acc.dtype, device=acc.device, memory_format=memory_format_of(x))
-    out5 = out.view(N, Co, K, Ho, Wo)  # shuffle: cat channel i * Co + j -> output channel j * K + i
-    out5[:, :, 0] = acc
-    out5[:, :, 1:] = bypass.reshape(N, K - 1, Co, Ho, Wo).transpose(1, 2)
-    return out
+    out = torch.empty((N, C, *acc.shape[-2:]), dtype=acc.dtype, device=acc.device, memory_format=memory_format_of(x))
+    return scatter_partial(out, acc, bypass_of(x, plan.pc, plan.stride), plan.pc)
 
 
 def _split_partial(plan, x, g):
     """dL/d(op output) (Tensor[N, C/K, H', W']) and dL/dx of the bypassed channels."""
-    N, C = x.shape[:2]
-    K, Co = plan.pc, plan.C_ops
-    Ho, Wo = g.shape[-2:]
-    g5 = g.view(N, Co, K, Ho, Wo)
-    g_ops = g5[:, :, 0].contiguous(memory_format=memory_format_of(g))
-    g_bypass = g5[:, :, 1:].transpose(1, 2).reshape(N, C - Co, Ho, Wo)
-    if plan.stride == 1:
-        return g_ops, g_bypass
-    with torch.enable_grad():
-        xb = x[:, Co:].detach().requires_grad_()
-        (dxb,) = torch.autograd.grad(F.max_pool2d(xb, 2, 2, ceil_mode=True), xb, g_bypass)
-    return g_ops, dxb
+    g_ops, g_bypass = split_partial(g, plan.pc)
+    return g_ops.contiguous(memory_format=memory_format_of(g)), bypass_backward(x, g_bypass, plan.pc, plan.stride)
 
 
 def _param_free_backward(plan, x_ops, g_ops, weights, bn_stats, dw):
@@ -323,17 +306,8 @@ class FusedEdgeFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @recomputing_backward("fused MixedEdge")
     def backward(ctx, g):
-        with restore_autocast(ctx.autocast):  # the recomputed convs run in the forward's dtypes
-            return FusedEdgeFunction._backward(ctx, g)
-
-    @staticmethod
-    def _backward(ctx, g):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "the fused MixedEdge backward is not differentiable (create_graph=True / double backward); "
-                "use backend='reference' for higher-order gradients (second-order DARTS uses finite differences)"
-            )
         x, weights, aux_weight, bn_stats, *params = ctx.saved_tensors
         needs = list(ctx.needs_input_grad[4:])
         dx, dw, daux, dparams = fused_backward(ctx.plan, g, x, weights, aux_weight, bn_stats, params, needs)

@@ -6,11 +6,10 @@ from torch import nn
 
 from ..arch import EdgeGroup
 from ..genotype import darts_genotype
-from ..kernels import batched_cell
 from ..mixed_edge import MixedEdge
 from ..ops import DARTS_OPS, check_op_names
 from ..ops.darts import FactorizedReduce, ReLUConvBN, drop_path_scales
-from .base import SearchSpace, register_space
+from .base import SearchSpace, register_space, run_cell
 
 
 class Cell(nn.Module):
@@ -33,18 +32,8 @@ class Cell(nn.Module):
         # drop-path on every edge's output, 'none' and skip included (SNAS search Cell.forward)
         drop = arch.drop_path if self.training else 0.0
         scales = drop_path_scales(len(self._ops), s0.shape[0], drop, states[0]) if drop else None
-        if batched_cell.cell_forward(self._ops, states, arch, self._sources, self.training, scales) is not None:
-            return torch.cat(states[-self._multiplier :], dim=1)
-        offset = 0
-        for _ in range(self._steps):
-            s = sum(self._edge(offset + j, h, arch, scales) for j, h in enumerate(states))
-            offset += len(states)
-            states.append(s)
+        run_cell(self._ops, states, arch, self._sources, self.training, scales)
         return torch.cat(states[-self._multiplier :], dim=1)
-
-    def _edge(self, e, h, arch, scales):
-        out = self._ops[e](h, *arch.edge_args(e))
-        return out if scales is None else out * scales[e].view(-1, 1, 1, 1)
 
 
 @register_space

@@ -5,11 +5,10 @@ from torch import nn
 
 from ..arch import EdgeGroup
 from ..genotype import nb201_arch_string
-from ..kernels import batched_cell
 from ..mixed_edge import MixedEdge
 from ..ops import NB201_OPS, check_op_names
 from ..ops.darts import ReLUConvBN
-from .base import SearchSpace, register_space
+from .base import SearchSpace, register_space, run_cell
 
 
 class ResNetBasicBlock(nn.Module):
@@ -35,14 +34,7 @@ class SearchCell(nn.Module):
         self._sources = [j for i in range(1, max_nodes) for j in range(i)]
 
     def forward(self, x, arch):
-        nodes = [x]
-        if batched_cell.cell_forward(self.edges, nodes, arch, self._sources, self.training) is not None:
-            return nodes[-1]
-        e = 0
-        for i in range(1, self.max_nodes):
-            nodes.append(sum(self.edges[e + j](nodes[j], *arch.edge_args(e + j)) for j in range(i)))
-            e += i
-        return nodes[-1]
+        return run_cell(self.edges, [x], arch, self._sources, self.training)[-1]
 
 
 @register_space

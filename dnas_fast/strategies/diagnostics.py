@@ -2,12 +2,11 @@
 eigenvalue of the Hessian of the validation loss w.r.t. the architecture parameters."""
 
 import contextlib
-import os
 
 import torch
 from torch import nn
 
-from .._backend import ENV_VAR
+from .._backend import use_backend
 
 
 def dominant_hessian_eigenvalue(loss: torch.Tensor, params: list[torch.Tensor], iters: int = 20, seed: int = 0):
@@ -29,18 +28,9 @@ def dominant_hessian_eigenvalue(loss: torch.Tensor, params: list[torch.Tensor], 
     return float(eigenvalue)
 
 
-@contextlib.contextmanager
 def reference_backend():
     """Force the reference MixedEdge backend (double backward) for the duration of the block."""
-    previous = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = "reference"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[ENV_VAR]
-        else:
-            os.environ[ENV_VAR] = previous
+    return use_backend("reference")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..benchmark import device_name
+from ..benchmark import device_name, median_ms
 
 FORMAT, VERSION = "dnas_fast.latency", 1
 SAMPLED_WIDTHS = (0.5, 0.625, 0.75, 0.875, 1.0)  # ``--widths sampled``: fractions of the allocated width
@@ -62,17 +61,7 @@ def measure_ms(module: nn.Module, input_shape, device="cpu", repeats=50, warmup=
     device = torch.device(device)
     module = module.to(device).eval()
     x = torch.randn(*input_shape, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        module(x)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        module(x)
-        sync()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return median_ms(lambda: module(x), device, repeats, warmup)
 
 
 @keep_rng
