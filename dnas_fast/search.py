@@ -53,7 +53,17 @@ from .guard import DivergedError, DivergenceGuard, check_state
 from .precision import PRECISIONS, Precision
 from .preemption import CheckpointCadence, PreemptionSignals
 from .rundir import RunLock, append_line, remove_orphans, truncate_log
-from .settings import at_least, below, check_call_args, check_fields, check_module_fits, device_rule, one_of, setting
+from .settings import (
+    at_least,
+    below,
+    check_call_args,
+    check_fields,
+    check_module_fits,
+    device_rule,
+    from_mapping,
+    one_of,
+    setting,
+)
 from .shapes import channels_last_default
 from .spaces import build_space, space_class
 from .strategies import StepContext, build_strategy, strategy_class
@@ -135,15 +145,7 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SearchConfig":
-        if not isinstance(values, dict):
-            raise ValueError(f"a search config must be a mapping of settings, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        config = cls(**values)
-        config.validate()
-        return config
+        return from_mapping(cls, values, "search")
 
     def validate(self) -> None:
         """Check every field (None: unset, filled by ``resolved``)."""

@@ -34,6 +34,20 @@ def setting(default=None, check: Callable | None = None, *, factory=None):
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def from_mapping(cls, values, what: str):
+    """``cls(**values)``, validated: ``values`` must be a mapping of ``cls``'s field names (``what`` names the
+    config in errors: ``search``, ``train``)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"a {what} config must be a mapping of settings, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    config = cls(**values)
+    config.validate()
+    return config
+
+
 def at_least(low, *, above=False):
     def check(name, value):
         if value < low or (above and value == low):
@@ -231,5 +245,5 @@ def check_call_args(flag: str, what: str, fn: Callable, args: dict, reserved=(),
 
 __all__ = [
     "at_least", "below", "check_call_args", "check_fields", "check_fits", "check_json_like", "check_module_fits",
-    "device_rule", "one_of", "setting",
+    "device_rule", "from_mapping", "one_of", "setting",
 ]  # fmt: skip

@@ -65,6 +65,7 @@ from .settings import (
     check_fields,
     check_module_fits,
     device_rule,
+    from_mapping,
     one_of,
     setting,
 )
@@ -206,15 +207,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        if not isinstance(values, dict):
-            raise ValueError(f"a train config must be a mapping of settings, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown train setting(s) {unknown}; known: {sorted(known)}")
-        config = cls(**values)
-        config.validate()
-        return config
+        return from_mapping(cls, values, "train")
 
     def resolved(self, arch: Architecture) -> tuple["TrainConfig", dict]:
         """(copy with every None filled from the family defaults, {setting: "user" | "authors"})."""

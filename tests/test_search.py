@@ -175,7 +175,7 @@ def test_checkpoint_from_another_space_is_refused(tmp_path, capsys):
 
 
 def test_unknown_config_key(tmp_path):
-    with pytest.raises(ValueError, match="unknown config key"):
+    with pytest.raises(ValueError, match="unknown search setting"):
         SearchConfig.from_dict({"epoch": 3})
 
 
