@@ -371,3 +371,34 @@ class Strategy(nn.Module):
 
     def derive(self, space):
         return space.derive(self.scores())
+
+
+class AlphasInWeightClip:
+    """Mixin: the weight step's norm clip counts the alpha gradients too, as D-X-Y's scripts'
+    ``clip_grad_norm_(network.parameters(), 5)`` with the alphas ``nn.Parameter`` of the network (PR-DARTS, GDAS).
+    The alphas then hold the previous architecture step's gradient plus the training loss's (their
+    ``a_optimizer.zero_grad()`` runs only before the architecture backward). The alpha gradients are carried in a
+    buffer, so a resumed search clips the same; under DDP they are all-reduced first, so every rank clips its
+    weights by the same norm. Put it before the strategy's base class."""
+
+    def setup(self, spec, device=None) -> None:
+        super().setup(spec, device)
+        for name, alpha in self.alphas.items():  # the alpha gradients the next weight step's clip counts
+            self.register_buffer(f"carried_grad_{name}", torch.zeros_like(alpha))
+
+    def weight_clip_set(self, ctx):
+        ctx.sync_grads(self.arch_parameters())
+        return [*super().weight_clip_set(ctx), *self.arch_parameters()]
+
+    def arch_step(self, ctx, train_batch, valid_batch) -> dict:
+        out = super().arch_step(ctx, train_batch, valid_batch)
+        with torch.no_grad():
+            for name, alpha in self.alphas.items():
+                getattr(self, f"carried_grad_{name}").copy_(alpha.grad)
+        return out
+
+    def weight_step(self, ctx, train_batch):
+        for name, alpha in self.alphas.items():
+            if alpha.grad is None:  # a resumed search: the gradients the last architecture step left
+                alpha.grad = getattr(self, f"carried_grad_{name}").clone()
+        return super().weight_step(ctx, train_batch)
