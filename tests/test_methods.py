@@ -266,7 +266,7 @@ def test_p_darts_drops_the_authors_ops_between_stages(seed):
 def test_p_darts_final_cell_and_skip_limit_are_the_authors(seed, max_skip):
     g = torch.Generator().manual_seed(seed)
     switches3 = []
-    for i in range(14):  # 3 ops per edge, skip_connect and 'none' often among them
+    for _ in range(14):  # 3 ops per edge, skip_connect among them, 'none' often
         pool = [3] + [int(k) for k in torch.randperm(8, generator=g)[:4] if k != 3]
         switches3.append([k in pool[:3] for k in range(8)])
     alphas3 = torch.randn(14, 3, generator=g, dtype=torch.float64)
@@ -281,7 +281,9 @@ def test_p_darts_final_cell_and_skip_limit_are_the_authors(seed, max_skip):
         assert sum(op == "skip_connect" for op, _ in ours) <= max_skip
 
 
-@pytest.mark.parametrize("epoch,expected", [(0, 0.7 * 24 / 25), (9, 0.7 * 15 / 25), (10, 0.7), (12, 0.7 * math.exp(-0.4))])
+@pytest.mark.parametrize(
+    "epoch,expected", [(0, 0.7 * 24 / 25), (9, 0.7 * 15 / 25), (10, 0.7), (12, 0.7 * math.exp(-0.4))]
+)
 def test_p_darts_skip_dropout_rate_is_the_authors(epoch, expected):
     assert skip_dropout_rate(0.7, epoch, 25, 10) == pytest.approx(expected, abs=1e-12)
 
@@ -334,3 +336,29 @@ def test_p_darts_resumes_bitwise_across_stage_boundaries(tmp_path):
             assert torch.equal(a[part][key], b[part][key]), (part, key)
     assert straight == resumed
     assert sum(op == "skip_connect" for op, _ in straight.normal) <= 2
+
+
+# ---- eval-child and train ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gdas", "p-darts"])
+def test_eval_child_and_train_take_the_strategys_child(name, tmp_path):
+    from dnas_fast.genotype import Genotype
+    from dnas_fast.search import restore_search
+    from dnas_fast.train import TrainConfig, child_arch_weights, eval_child, run_train
+    from tests.test_train import TINY, quiet
+
+    config = {**PD, "epochs": 3, "strategy": name}
+    if name == "gdas":
+        config["strategy_args"] = {}
+    derived = run_search(SearchConfig(**config), tmp_path, **quiet)
+    assert isinstance(derived, Genotype)
+    space, strategy = restore_search(torch.load(tmp_path / "checkpoint.pt", weights_only=False))
+    child = child_arch_weights(space, strategy)
+    for g, gene in (("normal", derived.normal), ("reduce", derived.reduce)):
+        assert child[g].mask.sum() == len(gene)  # one op on each kept edge, nothing else runs
+        assert {op for op, _ in gene} <= set(space.arch_spec()[g].op_names)
+    result = eval_child(tmp_path, recal_batches=1, **quiet)
+    assert 0 <= result["child_acc"] <= 1 and result["architecture"] == repr(derived)
+    trained = run_train(TrainConfig(arch=str(tmp_path), **{**TINY, "epochs": 1}), tmp_path / "t", **quiet)
+    assert trained["family"] == "cifar"
