@@ -321,13 +321,18 @@ class Searcher:
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
 
-    def enter_stage(self) -> None:
+    def enter_stage(self, log=print) -> None:
         """At an epoch start: a new stage of a staged strategy, if one starts here (a resumed epoch has started)."""
-        if self.step_in_epoch == 0:
+        if self.step_in_epoch == 0 and self.epoch > 0:
             stage = self.strategy.stage_space(self.epoch, self.config.epochs, self.base_space_args)
-            if stage is not None and self.epoch > 0:
+            if stage is not None:
                 self.build_stage(stage)
                 self.captured = cuda_graphs.captured_step(self) if self.config.cuda_graphs else None
+                if self.rank == 0:
+                    ops = {g: len(s.op_names) if s.allowed is None else int(s.allowed.sum(-1).max())
+                           for g, s in self.space.arch_spec().items()}  # fmt: skip
+                    cells = f"{len(self.space.cells)} cells, " if hasattr(self.space, "cells") else ""
+                    log(f"{self.config.strategy}: a new stage from epoch {self.epoch + 1}: {cells}ops per edge {ops}")
 
     def build_data(self, config: SearchConfig, batch_size: int):
         return search_data(config, batch_size, self.rank, self.world_size)
@@ -594,7 +599,7 @@ class Searcher:
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         with self.signals:
             while self.epoch < last and not self.strategy.search_done():
-                self.enter_stage()
+                self.enter_stage(log)
                 self.run_epoch(log)
                 self.signals.agreed(self.world_size, self.device)
                 self.signals.raise_if_requested(self.epoch, self.step_in_epoch, self.checkpoint_path)
