@@ -42,6 +42,8 @@ HOST_STEP_STRATEGIES = {
     "pr-darts": "it reads its sampled gate masks to the host every step (masks_to_cpu)",
     "asap": "it reads its pruning masks to the host (masks_to_cpu) and prunes on the host",
     "tf-nas": "it samples its path on the host every step",
+    "gdas": "it reads its sampled one-hot masks (and their finiteness) to the host every step (masks_to_cpu)",
+    "p-darts": "its stages rebuild the network and optimizers on the host (a capture per stage: not yet tried)",
 }
 
 

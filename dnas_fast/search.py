@@ -279,26 +279,13 @@ class Searcher:
         space_args = {**from_data, **config.space_args}
         if config.backend is not None:
             space_args["backend"] = config.backend
-        space_args = self.strategy.adapt_space_config(space_args)
-        self.space = checked_build("space", config.space, config.space_args, space_class(config.space), space_args,
-                                   self.device)  # fmt: skip
+        self.base_space_args = self.strategy.adapt_space_config(space_args)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.space.to(memory_format=self.memory_format)
         self.precision = Precision(config.precision, self.device)
-        self.strategy.setup(self.space.arch_spec(), self.device)
-        self.model = distributed.wrap(self.space) if world_size > 1 else self.space
         self.criterion = nn.CrossEntropyLoss()
-        self.w_optimizer = weight_optimizer(
-            self.space.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
-        )
-        with blame_args("strategy", config.strategy, config.strategy_args):
-            self.a_optimizer = self.strategy.make_arch_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_optimizer, config.epochs, config.lr_min)
-        if config.scheduler_step == "before":  # the authors' first scheduler.step() before epoch 0
-            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": that is the point
-                warnings.simplefilter("ignore", UserWarning)
-                self.scheduler.step()
         self.epoch = 0  # epochs completed
+        stage = self.strategy.stage_space(0, config.epochs, self.base_space_args)
+        self.build_stage(self.base_space_args if stage is None else stage, check=True)
         # inside the running epoch: steps done, validation batches drawn in the current pass, running sums
         self.step_in_epoch, self.valid_pos, self.partial = 0, 0, None
         self.cadence = CheckpointCadence.parse(config.checkpoint_every)
@@ -307,6 +294,45 @@ class Searcher:
             raise ValueError("under torchrun, checkpoint_every must count steps (e.g. 500), not minutes")
         self.guard = DivergenceGuard(self.device)
         self.captured = cuda_graphs.captured_step(self) if config.cuda_graphs else None
+
+    def build_stage(self, space_args: dict, check: bool = False) -> None:
+        """Build the space from ``space_args``, the strategy's alphas, both optimizers and the lr schedule; once
+        per run, or at each stage start of a staged strategy (P-DARTS), where all of them start anew."""
+        config = self.config
+        if check:
+            self.space = checked_build("space", config.space, config.space_args, space_class(config.space),
+                                       space_args, self.device)  # fmt: skip
+        else:
+            self.space = None  # free the previous stage's network first
+            self.space = build_space(config.space, **space_args).to(self.device)
+        self.space.to(memory_format=self.memory_format)
+        self.strategy.setup(self.space.arch_spec(), self.device)
+        self.model = distributed.wrap(self.space) if self.world_size > 1 else self.space
+        self.w_optimizer = weight_optimizer(
+            self.space.parameters(), config.lr, config.momentum, config.weight_decay, config.nesterov
+        )
+        with blame_args("strategy", config.strategy, config.strategy_args):
+            self.a_optimizer = self.strategy.make_arch_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_optimizer, self.strategy.stage_epochs(self.epoch, config.epochs), config.lr_min
+        )
+        if config.scheduler_step == "before":  # the authors' first scheduler.step() before epoch 0
+            with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": that is the point
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+
+    def enter_stage(self, log=print) -> None:
+        """At an epoch start: a new stage of a staged strategy, if one starts here (a resumed epoch has started)."""
+        if self.step_in_epoch == 0 and self.epoch > 0:
+            stage = self.strategy.stage_space(self.epoch, self.config.epochs, self.base_space_args)
+            if stage is not None:
+                self.build_stage(stage)
+                self.captured = cuda_graphs.captured_step(self) if self.config.cuda_graphs else None
+                if self.rank == 0:
+                    ops = {g: len(s.op_names) if s.allowed is None else int(s.allowed.sum(-1).max())
+                           for g, s in self.space.arch_spec().items()}  # fmt: skip
+                    cells = f"{len(self.space.cells)} cells, " if hasattr(self.space, "cells") else ""
+                    log(f"{self.config.strategy}: a new stage from epoch {self.epoch + 1}: {cells}ops per edge {ops}")
 
     def build_data(self, config: SearchConfig, batch_size: int):
         return search_data(config, batch_size, self.rank, self.world_size)
@@ -384,6 +410,10 @@ class Searcher:
                 raise CheckpointError(
                     f"checkpoint was made with {key} {ckpt[key]!r}, this run uses {getattr(self.config, key)!r}"
                 )
+        if ckpt["space_config"] != self.space.config and self.strategy.staged:  # a later stage's network
+            self.epoch = ckpt["epoch"]
+            with blame_args("space", self.config.space, ckpt["space_config"]):
+                self.build_stage(ckpt["space_config"])
         if ckpt["space_config"] != self.space.config:
             raise CheckpointError(
                 f"checkpoint space config {ckpt['space_config']} does not match this run's {self.space.config}"
@@ -569,6 +599,7 @@ class Searcher:
         last = self.config.epochs if stop_after is None else min(self.config.epochs, self.epoch + stop_after)
         with self.signals:
             while self.epoch < last and not self.strategy.search_done():
+                self.enter_stage(log)
                 self.run_epoch(log)
                 self.signals.agreed(self.world_size, self.device)
                 self.signals.raise_if_requested(self.epoch, self.step_in_epoch, self.checkpoint_path)

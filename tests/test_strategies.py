@@ -553,7 +553,7 @@ def test_pc_darts_warmup_freezes_alphas():
 
 CLI_CASES = {
     "darts": {}, "snas": {}, "darts-minus": {}, "asap": {"tau_grace": 2.0, "theta": 0.99},
-    "pr-darts": {}, "pc-darts": {"warmup_epochs": 1},
+    "pr-darts": {}, "pc-darts": {"warmup_epochs": 1}, "gdas": {},
 }  # fmt: skip
 
 

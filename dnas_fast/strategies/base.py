@@ -5,6 +5,9 @@ Hooks, in the order the loop calls them:
     preset(space, space_args)    the authors' settings for this space (loop, space and strategy arguments)
     adapt_space_config(cfg)      before the space is built (e.g. DARTS- adds the auxiliary skip path)
     setup(spec, device)          create the architecture parameters for the space's edge groups
+    stage_space(epoch, n, args)  staged strategies (P-DARTS): the space arguments of a stage starting at ``epoch``;
+                                 the loop then builds the space, the alphas (``setup``), both optimizers and the lr
+                                 schedule (over ``stage_epochs``) anew; None: no stage starts there
     on_epoch_start(epoch, n)     schedules (temperature, decay, pruning)
     wants_arch_step(step)        whether step ``step`` of the epoch (from 0) takes an architecture step (and so
                                  draws a validation batch)
@@ -154,6 +157,7 @@ class Strategy(nn.Module):
     weight_first = False  # the weight step before the architecture step
     valid_sampling = "sequential"  # or "random": a fresh random validation batch every step
     reset_optimizers = False  # clear the optimizers' state at every epoch start
+    staged = False  # the space changes between stages (``stage_space``); a checkpoint holds the stage's space
 
     def __init__(
         self,
@@ -261,6 +265,15 @@ class Strategy(nn.Module):
         return None
 
     # ---- schedule hooks ----------------------------------------------------------------------------
+    def stage_space(self, epoch: int, num_epochs: int, base_args: dict) -> dict | None:
+        """The space arguments of a stage starting at ``epoch`` (from the space arguments of the run,
+        ``base_args``, and the alphas now), or None when none starts there (every single-stage strategy)."""
+        return None
+
+    def stage_epochs(self, epoch: int, num_epochs: int) -> int:
+        """The epochs of the stage holding ``epoch``: the weight lr's cosine runs over them."""
+        return num_epochs
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.epoch, self.num_epochs = epoch, num_epochs
 
@@ -371,3 +384,34 @@ class Strategy(nn.Module):
 
     def derive(self, space):
         return space.derive(self.scores())
+
+
+class AlphasInWeightClip:
+    """Mixin: the weight step's norm clip counts the alpha gradients too, as D-X-Y's scripts'
+    ``clip_grad_norm_(network.parameters(), 5)`` with the alphas ``nn.Parameter`` of the network (PR-DARTS, GDAS).
+    The alphas then hold the previous architecture step's gradient plus the training loss's (their
+    ``a_optimizer.zero_grad()`` runs only before the architecture backward). The alpha gradients are carried in a
+    buffer, so a resumed search clips the same; under DDP they are all-reduced first, so every rank clips its
+    weights by the same norm. Put it before the strategy's base class."""
+
+    def setup(self, spec, device=None) -> None:
+        super().setup(spec, device)
+        for name, alpha in self.alphas.items():  # the alpha gradients the next weight step's clip counts
+            self.register_buffer(f"carried_grad_{name}", torch.zeros_like(alpha))
+
+    def weight_clip_set(self, ctx):
+        ctx.sync_grads(self.arch_parameters())
+        return [*super().weight_clip_set(ctx), *self.arch_parameters()]
+
+    def arch_step(self, ctx, train_batch, valid_batch) -> dict:
+        out = super().arch_step(ctx, train_batch, valid_batch)
+        with torch.no_grad():
+            for name, alpha in self.alphas.items():
+                getattr(self, f"carried_grad_{name}").copy_(alpha.grad)
+        return out
+
+    def weight_step(self, ctx, train_batch):
+        for name, alpha in self.alphas.items():
+            if alpha.grad is None:  # a resumed search: the gradients the last architecture step left
+                alpha.grad = getattr(self, f"carried_grad_{name}").clone()
+        return super().weight_step(ctx, train_batch)

@@ -36,8 +36,9 @@ Search", NeurIPS 2020), as salesforce/PR-DARTS runs it: the search script its RE
   step's validation batch (``weight_first``). The weight step clips ``network.parameters()`` at norm 5, the
   alphas included (they are ``nn.Parameter`` of the network): their gradients then hold the previous architecture
   step's gradient plus the training loss's (``a_optimizer.zero_grad()`` runs only before the architecture
-  backward), and all of them count in the norm that scales the weight gradients (:meth:`PrDarts.weight_clip_set`;
-  the alpha gradients are carried in a buffer, so a resumed search clips the same).
+  backward), and all of them count in the norm that scales the weight gradients
+  (:class:`~dnas_fast.strategies.base.AlphasInWeightClip`; the alpha gradients are carried in a buffer, so a
+  resumed search clips the same).
 
 Remaining deviations, with reasons:
 - The per-epoch validation (``eval`` phase, which the authors do not have) uses the noise-free gates (their
@@ -66,7 +67,7 @@ import torch.nn.functional as F
 from ..arch import ArchWeights
 from ..genotype import darts_genotype, parse_top_pairs_cell
 from ..spaces.darts_cell import DartsSpace
-from .base import masks_to_cpu, register_strategy, top_k_mask
+from .base import AlphasInWeightClip, masks_to_cpu, register_strategy, top_k_mask
 from .darts import Darts
 from .schedules import linear_anneal
 
@@ -74,7 +75,7 @@ GROUP_TERMS = ("skip", "pool", "nonskip")
 
 
 @register_strategy
-class PrDarts(Darts):
+class PrDarts(AlphasInWeightClip, Darts):
     name = "pr-darts"
     loop_preset = {"epochs": 200, "batch_size": 250, "lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
                    "weight_decay": 5e-4, "nesterov": True}  # fmt: skip
@@ -114,30 +115,6 @@ class PrDarts(Darts):
         if space in self.space_preset:
             preset["space_args"] = dict(self.space_preset[space])
         return preset
-
-    def setup(self, spec, device=None) -> None:
-        super().setup(spec, device)
-        for name, alpha in self.alphas.items():  # the alpha gradients the next weight step's clip counts
-            self.register_buffer(f"carried_grad_{name}", torch.zeros_like(alpha))
-
-    def weight_clip_set(self, ctx):
-        """The weights and the alphas, as the authors' ``clip_grad_norm_(network.parameters(), 5)``. Under DDP the
-        alpha gradients are all-reduced first, so every rank clips its weights by the same norm."""
-        ctx.sync_grads(self.arch_parameters())
-        return [*super().weight_clip_set(ctx), *self.arch_parameters()]
-
-    def arch_step(self, ctx, train_batch, valid_batch) -> dict:
-        out = super().arch_step(ctx, train_batch, valid_batch)
-        with torch.no_grad():
-            for name, alpha in self.alphas.items():
-                getattr(self, f"carried_grad_{name}").copy_(alpha.grad)
-        return out
-
-    def weight_step(self, ctx, train_batch):
-        for name, alpha in self.alphas.items():
-            if alpha.grad is None:  # a resumed search: the gradients the last architecture step left
-                alpha.grad = getattr(self, f"carried_grad_{name}").clone()
-        return super().weight_step(ctx, train_batch)
 
     def tau(self) -> float:
         return linear_anneal(self.tau_max, self.tau_min, self.epoch, self.num_epochs)
