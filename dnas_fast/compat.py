@@ -25,7 +25,7 @@ Example::
 from .arch import ArchWeights
 from .mixed_edge import MixedEdge
 from .ops import DARTS_OPS
-from .spaces.darts_cell import Cell as _SpaceCell
+from .spaces.darts.supernet import Cell as _SpaceCell
 
 
 class MixedOp(MixedEdge):

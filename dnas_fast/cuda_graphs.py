@@ -36,7 +36,7 @@ import torch
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # PyTorch's examples warm up for 3 iterations; the first ones also create optimizer state
-CAPTURE_SAFE = ("darts", "pc-darts")  # no host-side draws in the step, no per-epoch host values in the graph
+# Why the strategies that do host work in their step (``capture_safe`` False) cannot be captured, for the log.
 HOST_STEP_STRATEGIES = {
     "snas": "it reads its sampled masks to the host every step (masks_to_cpu)",
     "pr-darts": "it reads its sampled gate masks to the host every step (masks_to_cpu)",
@@ -55,7 +55,7 @@ def fallback_reason(strategy, precision: str, world_size: int) -> str | None:
         return "fp16 loss scaling: GradScaler reads its inf checks on the host every step"
     if strategy.aux_skip:
         return "aux_skip (DARTS-): its beta is a new device tensor each epoch, a graph would keep the first"
-    if strategy.name not in CAPTURE_SAFE:
+    if not strategy.capture_safe:
         return HOST_STEP_STRATEGIES.get(strategy.name, "it is not known to be capture-safe")
     return None
 

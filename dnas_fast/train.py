@@ -1,23 +1,13 @@
 """Train a derived architecture from scratch (``dnas-fast train``) and measure a search's child network
 with its inherited weights (``dnas-fast eval-child``).
 
-Families and their authors' settings (every one overridable; ``log.jsonl``'s first line records each
-effective value and whether it came from the authors or the user):
+Training families and their authors' settings live with their search space's family (``spaces/<family>/``:
+``cifar`` and ``imagenet`` in ``spaces/darts``, ``nb201``, ``mbconv``), each on top of ``COMMON_DEFAULTS``; every
+one is overridable, and ``log.jsonl``'s first line records each effective value and whether it came from the
+authors or the user.
 
-* ``cifar``: quark0/darts ``cnn/train.py`` as run for the paper (``--auxiliary --cutout``): 20 cells, C=36,
-  600 epochs, batch 96, SGD 0.025 momentum 0.9 cosine to 0, wd 3e-4, auxiliary weight 0.4, drop path 0.2
-  scaled linearly by epoch, cutout 16, grad clip 5.
-* ``imagenet``: quark0/darts ``cnn/train_imagenet.py``: 14 cells, C=48, 250 epochs, batch 128, lr 0.1 decayed
-  by 0.97 every epoch, wd 3e-5, label smoothing 0.1, auxiliary 0.4, no drop path, grad clip 5.
-* ``nb201``: the NAS-Bench-201 paper's training setup (Dong & Yang, ICLR 2020, Sec. 2.4): C=16, N=5,
-  200 epochs, batch 256, SGD 0.1 nesterov cosine to 0, wd 5e-4, no clipping.
-* ``mbconv``: AberHu/TF-NAS ``train_eval.py``: 250 epochs, batch 512, lr 0.2 cosine with 5 linear warm-up
-  epochs (only for batches above 256, as theirs), wd 1e-5, label smoothing 0.1, dropout 0.2, grad clip 5.
-
-Deviations: the ImageNet family trains with the search loader's RandomResizedCrop + flip, without the
-authors' ColorJitter(0.4, 0.4, 0.4, 0.2); one test pass per epoch on every rank (the test set is not sharded,
-so every rank reports the same number); each rank draws the same drop-path masks (same seed; the authors
-train on one GPU); TF-NAS's drop-connect (0.2) is not built.
+Deviations: one test pass per epoch on every rank (the test set is not sharded, so every rank reports the same
+number); each rank draws the same drop-path masks (same seed; the authors train on one GPU).
 """
 
 import contextlib
@@ -44,17 +34,9 @@ from .checkpoint import (
 )
 from .data.evaluation import build_eval_data
 from .data.splits import AUGMENT, generator
-from .genotype import (
-    NAMED_GENOTYPES,
-    EdgeAllGenotype,
-    cell_mask,
-    genotype_from_json,
-    genotype_from_string,
-    genotype_to_json,
-    parse_nb201_arch_string,
-)
+from .genotype import EdgeAllGenotype, cell_mask
 from .guard import DivergedError, check_state
-from .networks import MBConvEvalNet, NB201Network, NetworkCIFAR, NetworkImageNet, count_macs_m, count_parameters_mb
+from .networks import count_macs_m, count_parameters_mb
 from .precision import PRECISIONS, Precision
 from .preemption import PreemptionSignals
 from .rundir import RunLock, append_line, remove_orphans, truncate_log
@@ -70,10 +52,11 @@ from .settings import (
     setting,
 )
 from .shapes import channels_last_default
+from .spaces.family import family_of_train, space_families, space_family, train_families
 
 FORMAT = "dnas_fast.train/1"
-FAMILIES = ("cifar", "imagenet", "nb201", "mbconv")
-_COMMON = dict(
+# The SGD baseline every training family starts from; each family's ``train_defaults`` sets the rest.
+COMMON_DEFAULTS = dict(
     momentum=0.9,
     nesterov=False,
     lr_min=0.0,
@@ -88,64 +71,44 @@ _COMMON = dict(
     dropout=0.0,
     grad_clip=5.0,
 )
-FAMILY_DEFAULTS = {
-    "cifar": {**_COMMON, "epochs": 600, "batch_size": 96, "lr": 0.025, "lr_schedule": "cosine", "weight_decay": 3e-4,
-              "auxiliary": True, "drop_path_prob": 0.2, "cutout_length": 16, "C": 36, "layers": 20},
-    "imagenet": {**_COMMON, "epochs": 250, "batch_size": 128, "lr": 0.1, "lr_schedule": "step", "weight_decay": 3e-5,
-                 "label_smoothing": 0.1, "auxiliary": True, "C": 48, "layers": 14},
-    "nb201": {**_COMMON, "epochs": 200, "batch_size": 256, "lr": 0.1, "lr_schedule": "cosine", "nesterov": True,
-              "weight_decay": 5e-4, "grad_clip": 0.0, "C": 16, "layers": 5},
-    "mbconv": {**_COMMON, "epochs": 250, "batch_size": 512, "lr": 0.2, "lr_schedule": "cosine", "weight_decay": 1e-5,
-               "warmup_epochs": 5, "label_smoothing": 0.1, "dropout": 0.2, "C": 0, "layers": 0},
-}  # fmt: skip
 LR_SCHEDULES = ("cosine", "step")
 
 
 # ---- architectures ---------------------------------------------------------------------------------------
 @dataclass
 class Architecture:
-    """What to build: ``kind`` ``darts`` (a Genotype), ``nb201`` (an arch string) or ``mbconv`` (a derived
-    TF-NAS network config)."""
+    """What to build: ``kind`` names its space family (``darts``: a Genotype, ``nb201``: an arch string,
+    ``mbconv``: a derived TF-NAS network config), which reads, writes and builds ``value``."""
 
     kind: str
     value: object
 
     def describe(self) -> str:
-        if self.kind == "mbconv":
-            return json.dumps(self.value)
-        return repr(self.value) if self.kind == "darts" else self.value
+        return space_family(self.kind).describe(self.value)
 
     def to_json(self):
-        if self.kind == "darts":
-            return json.loads(genotype_to_json(self.value))
-        return self.value
+        return space_family(self.kind).to_json(self.value)
 
 
 def architecture_from_json(data, where: str) -> Architecture:
-    if isinstance(data, dict) and "normal" in data:
-        return Architecture("darts", genotype_from_json(json.dumps(data)))
-    if isinstance(data, str) and data.startswith("|"):
-        parse_nb201_arch_string(data)
-        return Architecture("nb201", data)
-    if isinstance(data, dict) and isinstance(data.get("config"), dict) and "blocks" in data["config"]:
-        return Architecture("mbconv", data["config"])  # a TF-NAS genotype.json (TFNASArch.to_json)
-    if isinstance(data, dict) and "blocks" in data:
-        return Architecture("mbconv", data)
-    raise ValueError(f"{where} holds no DARTS genotype, NAS-Bench-201 arch string or TF-NAS network")
+    for family in space_families():
+        value = family.from_json(data)
+        if value is not None:
+            return Architecture(family.name, value)
+    labels = [family.label for family in space_families()]
+    raise ValueError(f"{where} holds no {', '.join(labels[:-1])} or {labels[-1]}")
 
 
 def resolve_architecture(text: str) -> Architecture:
-    """GENOTYPE of ``dnas-fast train``: a run directory or its ``genotype.json``, a ``Genotype(...)`` string, a
-    name from the authors' genotypes.py files (``DARTS_V2``, ``PC_DARTS_cifar``, ...), or an NB201 arch string."""
+    """GENOTYPE of ``dnas-fast train``: a run directory or its ``genotype.json``, or a form a space family reads
+    (a ``Genotype(...)`` string, a name from the authors' genotypes.py files (``DARTS_V2``, ``PC_DARTS_cifar``,
+    ...), an NB201 arch string)."""
     text = text.strip()
+    for family in space_families():
+        value = family.from_text(text)
+        if value is not None:
+            return Architecture(family.name, value)
     path = Path(text)
-    if text in NAMED_GENOTYPES:
-        return Architecture("darts", NAMED_GENOTYPES[text])
-    if text.startswith(("Genotype(", "EdgeAllGenotype(")):
-        return Architecture("darts", genotype_from_string(text))
-    if text.startswith("|"):
-        parse_nb201_arch_string(text)
-        return Architecture("nb201", text)
     if path.is_dir():
         path = path / "genotype.json"
         if not path.is_file():
@@ -155,10 +118,17 @@ def resolve_architecture(text: str) -> Architecture:
             return architecture_from_json(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not JSON: {err}") from err
-    raise ValueError(
-        f"cannot read architecture {text[:80]!r}: give a run directory, a genotype.json, a Genotype(...) string, "
-        f"an NB201 arch string (|op~0|+...) or a known name ({', '.join(sorted(NAMED_GENOTYPES))})"
-    )
+    forms = ["a run directory", "a genotype.json", *(f for family in space_families() for f in family.text_forms)]
+    raise ValueError(f"cannot read architecture {text[:80]!r}: give {', '.join(forms[:-1])} or {forms[-1]}")
+
+
+def authors_defaults(family: str) -> dict:
+    """The authors' value of every family-dependent setting of training family ``family``."""
+    return {**COMMON_DEFAULTS, **family_of_train(family).train_defaults[family]}
+
+
+def train_family_rule(name, value):
+    one_of(train_families())(name, value)
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
@@ -168,12 +138,12 @@ DATA_ARGS_FROM_CONFIG = {"name", "root", "batch_size", "seed", "rank", "world_si
 
 @dataclass
 class TrainConfig:
-    """None means "the family's authors' value" (``FAMILY_DEFAULTS``); ``family`` None picks it from the
-    architecture (DARTS: ``imagenet`` on ``imagefolder`` data, else ``cifar``). Every field is checked (type,
-    range, finiteness) by :meth:`validate` wherever the config comes from (:mod:`~dnas_fast.settings`)."""
+    """None means "the family's authors' value" (:func:`authors_defaults`); ``family`` None lets the architecture's
+    space family pick it (DARTS: ``imagenet`` on ``imagefolder`` data, else ``cifar``). Every field is checked
+    (type, range, finiteness) by :meth:`validate` wherever the config comes from (:mod:`~dnas_fast.settings`)."""
 
     arch: str = "DARTS_V2"
-    family: str | None = setting(None, one_of(FAMILIES))
+    family: str | None = setting(None, train_family_rule)
     data: str = "digits"
     data_root: str | None = None
     data_args: dict = setting(factory=dict)
@@ -211,22 +181,16 @@ class TrainConfig:
 
     def resolved(self, arch: Architecture) -> tuple["TrainConfig", dict]:
         """(copy with every None filled from the family defaults, {setting: "user" | "authors"})."""
-        family = self.family or {"darts": "imagenet" if self.data == "imagefolder" else "cifar"}.get(
-            arch.kind, arch.kind
-        )
-        if family not in FAMILIES:
-            raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
-        if (arch.kind == "darts") != (family in ("cifar", "imagenet")) or (
-            arch.kind != "darts" and arch.kind != family
-        ):
+        space = space_family(arch.kind)
+        family = self.family or space.default_train_family(self.data)
+        if family_of_train(family) is not space:
             raise ValueError(f"a {arch.kind} architecture cannot be trained as family {family!r}")
         values, sources = dataclasses.asdict(self), {}
-        for key, default in FAMILY_DEFAULTS[family].items():
+        for key, default in authors_defaults(family).items():
             sources[key] = "user" if values[key] is not None else "authors"
             if values[key] is None:
                 values[key] = default
-        if family == "mbconv" and sources["warmup_epochs"] == "authors" and values["batch_size"] <= 256:
-            values["warmup_epochs"] = 0  # TF-NAS warms up only batches above 256
+        space.adjust_defaults(family, values, sources)
         values["family"] = family
         config = TrainConfig(**values)
         config.validate()
@@ -237,7 +201,7 @@ class TrainConfig:
         check_fields(self)
         check_call_args("--data-args", f"data set {self.data!r}", build_eval_data, self.data_args,
                         DATA_ARGS_FROM_CONFIG)  # fmt: skip
-        if self.family in ("cifar", "imagenet", "nb201") and 0 in (self.C, self.layers):
+        if self.family is not None and family_of_train(self.family).sized and 0 in (self.C, self.layers):
             raise ValueError(f"the {self.family} family needs C >= 1 and layers >= 1, got C={self.C}, "
                              f"layers={self.layers}")  # fmt: skip
 
@@ -253,14 +217,7 @@ class TrainConfig:
 
 
 def build_network(arch: Architecture, config: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
-    if config.family == "cifar":
-        return NetworkCIFAR(config.C, num_classes, config.layers, config.auxiliary, arch.value, in_channels)
-    if config.family == "imagenet":
-        return NetworkImageNet(config.C, num_classes, config.layers, config.auxiliary, arch.value, in_channels)
-    if config.family == "nb201":
-        return NB201Network(parse_nb201_arch_string(arch.value), config.C, config.layers, num_classes, in_channels)
-    net_config = {**arch.value, "in_channels": in_channels, "num_classes": num_classes}
-    return MBConvEvalNet(net_config, config.dropout)
+    return space_family(arch.kind).build_network(arch.value, config, in_channels, num_classes)
 
 
 def cutout(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
@@ -329,15 +286,7 @@ class Trainer:
             num_workers=config.num_workers,
             **config.data_args,
         )
-        if config.family in ("cifar", "imagenet") and config.auxiliary:
-            # the head pools 5x5 (stride 3 / 2) the map after the second reduction, then needs a 2x2 map
-            side = self.data.image_size // (4 if config.family == "cifar" else 32)
-            if (side - 5) // (3 if config.family == "cifar" else 2) + 1 < 2:
-                smallest = 32 if config.family == "cifar" else 224
-                raise ValueError(
-                    f"the auxiliary head needs images of at least {smallest}px, got {self.data.image_size}px: "
-                    f"pass --auxiliary false or data_args image_size"
-                )
+        space_family(self.arch.kind).check_data(config, self.data.image_size)
         check_module_fits(lambda: build_network(self.arch, config, self.data.in_channels, self.data.num_classes),
                           self.device)  # fmt: skip
         self.net = build_network(self.arch, config, self.data.in_channels, self.data.num_classes).to(self.device)
@@ -555,7 +504,7 @@ def child_arch_weights(space, strategy) -> dict:
     every edge, one whose argmax is ``none`` dropped), elsewhere each edge's top op. Only the chosen ops run
     (the rest of the supernet is skipped), so the child computes with exactly the weights it inherits."""
     from .arch import ArchWeights
-    from .spaces.darts_cell import DartsSpace
+    from .spaces import DartsSpace
 
     spec = space.arch_spec()
     device = next(space.parameters()).device

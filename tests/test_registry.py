@@ -12,7 +12,7 @@ from dnas_fast import MixedEdge, _backend
 from dnas_fast.kernels import _ext
 from dnas_fast.ops import register_op
 from dnas_fast.registry import Registry
-from dnas_fast.spaces import register_space
+from dnas_fast.spaces import SpaceFamily, register_family, register_space
 from dnas_fast.strategies import register_strategy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +34,10 @@ def test_registry_rules():
         lambda: register_space(type("Dup", (), {"name": "darts"})),
         lambda: register_strategy(type("Dup", (), {"name": "darts"})),
         lambda: _backend.register_backend(_backend.Backend("fused", None, None, None)),
+        lambda: register_family(type("Dup", (SpaceFamily,), {"name": "darts"})()),
+        lambda: register_family(type("Dup", (SpaceFamily,), {"name": "new", "train_defaults": {"cifar": {}}})()),
     ],
-    ids=["op", "space", "strategy", "backend"],
+    ids=["op", "space", "strategy", "backend", "space-family", "train-family"],
 )
 def test_every_registry_rejects_a_second_registration(register):
     with pytest.raises(ValueError, match="already registered"):

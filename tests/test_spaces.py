@@ -3,6 +3,7 @@ import torch
 
 from dnas_fast import ArchWeights, build_space, build_strategy
 from dnas_fast.genotype import Genotype, parse_nb201_arch_string
+from dnas_fast.spaces import known_spaces, space_class, space_families
 
 
 def uniform_arch(space):
@@ -91,3 +92,9 @@ def test_bad_space_inputs():
         space(torch.randn(1, 3, 8, 8), {"normal": bad["cell"]})
     with pytest.raises(ValueError, match="at least 3 layers"):
         build_space("darts", layers=2)
+
+
+def test_every_space_belongs_to_one_family():
+    for name in known_spaces():
+        owners = [f.name for f in space_families() if issubclass(space_class(name), f.spaces)]
+        assert len(owners) == 1, f"space {name!r} belongs to families {owners}"

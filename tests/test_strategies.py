@@ -173,7 +173,7 @@ def test_snas_penalty_on_sampled_z_is_authors_reparametrization():
 
 
 def test_snas_drop_path_on_every_edge_in_training_only(monkeypatch):
-    import dnas_fast.spaces.darts_cell as darts_cell
+    import dnas_fast.spaces.darts.supernet as darts_cell
 
     strategy, model, _ = tiny("snas", space="darts")
     calls = []

@@ -95,6 +95,44 @@ def test_every_accepted_architecture_form_parses(tmp_path):
         resolve_architecture("|nor_conv_3x3~1|")
 
 
+def test_a_new_space_family_is_one_registry_entry(monkeypatch):
+    """Reading an architecture, the authors' defaults, the family check and the network ask the families only."""
+    import dnas_fast.spaces.family as families
+    from dnas_fast.registry import Registry
+    from dnas_fast.spaces import SpaceFamily
+    from dnas_fast.train import build_network
+
+    class Toy(SpaceFamily):
+        name, label, text_forms = "toy", "toy network", ("a toy string (toy:WIDTH)",)
+        train_defaults = {"toy-cifar": dict(epochs=3, batch_size=8, lr=0.5, lr_schedule="cosine", weight_decay=0.0,
+                                            C=4, layers=1)}  # fmt: skip
+
+        def from_text(self, text):
+            return int(text[4:]) if text.startswith("toy:") else None
+
+        def build_network(self, width, config, in_channels, num_classes):
+            return torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.LazyLinear(width), torch.nn.Linear(width, num_classes)
+            )
+
+    registry = Registry("space family", "space families")
+    for family in families.space_families():
+        registry.add(family.name, family)
+    monkeypatch.setattr(families, "_FAMILIES", registry)  # the toy leaves with the test
+    families.register_family(Toy())
+    arch = resolve_architecture("toy:7")
+    assert (arch.kind, arch.value, arch.to_json(), arch.describe()) == ("toy", 7, 7, "7")
+    config, sources = TrainConfig().resolved(arch)
+    assert (config.family, config.lr, config.momentum, sources["lr"]) == ("toy-cifar", 0.5, 0.9, "authors")
+    assert build_network(arch, config, 1, 10)[-1].out_features == 10
+    with pytest.raises(ValueError, match="cannot be trained as family 'cifar'"):
+        TrainConfig(family="cifar").resolved(arch)
+    with pytest.raises(ValueError, match="cannot be trained as family 'toy-cifar'"):
+        TrainConfig(family="toy-cifar").resolved(resolve_architecture("DARTS_V2"))
+    with pytest.raises(ValueError, match=r"a toy string \(toy:WIDTH\)"):
+        resolve_architecture("resnet50")
+
+
 # ---- interop with the authors' evaluation networks --------------------------------------------------------
 @pytest.mark.parametrize("imagenet", [False, True])
 def test_authors_eval_checkpoint_loads_and_gives_their_forward_in_float64(imagenet):

@@ -158,6 +158,9 @@ class Strategy(nn.Module):
     valid_sampling = "sequential"  # or "random": a fresh random validation batch every step
     reset_optimizers = False  # clear the optimizers' state at every epoch start
     staged = False  # the space changes between stages (``stage_space``); a checkpoint holds the stage's space
+    # The step may run as one CUDA graph (--cuda-graphs): no host-side draws or reads in it, no per-epoch host
+    # values baked in. Opt-in per class and not inherited: a subclass may add host work to its parent's step.
+    capture_safe = False
 
     def __init__(
         self,
@@ -191,6 +194,7 @@ class Strategy(nn.Module):
         super().__init_subclass__(**kwargs)
         if "epoch_log" in vars(cls):  # an override could drop the option fields
             raise TypeError(f"{cls.__name__} defines epoch_log; return its own log fields from extra_log instead")
+        cls.capture_safe = vars(cls).get("capture_safe", False)
 
     # ---- setup -------------------------------------------------------------------------------------
     def preset(self, space: str, space_args: dict) -> dict:

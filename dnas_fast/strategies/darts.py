@@ -16,6 +16,7 @@ from .base import StepContext, Strategy, register_strategy
 @register_strategy
 class Darts(Strategy):
     name = "darts"
+    capture_safe = True
 
     def __init__(self, order: int = 1, fd_radius: float = 1e-2, arch_grad_clip: float | None = None, **kwargs):
         super().__init__(**kwargs)

@@ -43,6 +43,7 @@ from .darts import Darts
 @register_strategy
 class PcDarts(Darts):
     name = "pc-darts"
+    capture_safe = True
     loop_preset = {"batch_size": 256, "lr": 0.1, "lr_min": 0.0, "scheduler_step": "before"}
     imagenet_preset = {
         "epochs": 50, "batch_size": 1024, "lr": 0.5, "lr_min": 0.0, "momentum": 0.9, "weight_decay": 3e-4,

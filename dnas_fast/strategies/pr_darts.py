@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from ..arch import ArchWeights
 from ..genotype import darts_genotype, parse_top_pairs_cell
-from ..spaces.darts_cell import DartsSpace
+from ..spaces import DartsSpace
 from .base import AlphasInWeightClip, masks_to_cpu, register_strategy, top_k_mask
 from .darts import Darts
 from .schedules import linear_anneal

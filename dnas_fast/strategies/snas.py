@@ -58,7 +58,7 @@ from torch import nn
 
 from ..arch import ArchWeights
 from ..genotype import EdgeAllGenotype, parse_all_edges_cell
-from ..spaces.darts_cell import DartsSpace
+from ..spaces import DartsSpace
 from .base import Strategy, masks_to_cpu, register_strategy, top_k_mask
 from .costs import RESOURCES, cost_tables, locate_edges
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import EdgeGroup
-from ..mixed_edge import MixedEdge
-from ..ops import check_op_names
-from ..ops.mbconv import MBCONV_OPS, MBConv, activation, batch_norm, build_mbconv
-from .base import SearchSpace, register_space
+from ...arch import EdgeGroup
+from ...mixed_edge import MixedEdge
+from ...ops import check_op_names
+from ...ops.mbconv import MBCONV_OPS, MBConv, activation, batch_norm, build_mbconv
+from ..base import SearchSpace, register_space
 
 # [C_out, blocks, stride of the first block, activation] per stage (authors' Network in model_search.py)
 TFNAS_STAGES = [[24, 2, 2, "relu"], [40, 3, 2, "swish"], [80, 4, 2, "swish"], [112, 4, 1, "swish"],

@@ -3,12 +3,12 @@ stem, three stages of N search cells separated by residual reduction blocks, 4-n
 
 from torch import nn
 
-from ..arch import EdgeGroup
-from ..genotype import nb201_arch_string
-from ..mixed_edge import MixedEdge
-from ..ops import NB201_OPS, check_op_names
-from ..ops.darts import ReLUConvBN
-from .base import SearchSpace, register_space, run_cell
+from ...arch import EdgeGroup
+from ...mixed_edge import MixedEdge
+from ...ops import NB201_OPS, check_op_names
+from ...ops.darts import ReLUConvBN
+from ..base import SearchSpace, register_space, run_cell
+from .genotype import nb201_arch_string
 
 
 class ResNetBasicBlock(nn.Module):

@@ -8,8 +8,8 @@ per-edge op lists of automl/RobustDARTS ``src/spaces.py`` (14 edges per cell, no
     darts-s4: {sep_conv_3x3, noise} on every edge
 """
 
-from .base import register_space
-from .darts_cell import DartsSpace
+from ..base import register_space
+from .supernet import DartsSpace
 
 _S1_NORMAL = [
     ["skip_connect", "dil_conv_3x3"], ["skip_connect", "dil_conv_5x5"], ["skip_connect", "dil_conv_5x5"],

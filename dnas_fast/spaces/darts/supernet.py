@@ -4,12 +4,12 @@
 import torch
 from torch import nn
 
-from ..arch import EdgeGroup
-from ..genotype import darts_genotype
-from ..mixed_edge import MixedEdge
-from ..ops import DARTS_OPS, check_op_names
-from ..ops.darts import FactorizedReduce, ReLUConvBN, drop_path_scales
-from .base import SearchSpace, register_space, run_cell
+from ...arch import EdgeGroup
+from ...mixed_edge import MixedEdge
+from ...ops import DARTS_OPS, check_op_names
+from ...ops.darts import FactorizedReduce, ReLUConvBN, drop_path_scales
+from ..base import SearchSpace, register_space, run_cell
+from .genotype import darts_genotype
 
 
 class Cell(nn.Module):
