@@ -224,10 +224,10 @@ def blame_args(kind: str, name: str, user_args: dict):
         raise ValueError(f"{kind} {name!r} cannot be built with --{kind}-args {user_args}: {err}") from err
 
 
-def checked_build(kind: str, name: str, user_args: dict, cls: type, args: dict | None = None, device=None):
-    """``cls(**args)`` (default: the user's ``--{kind}-args``) with the user's arguments checked first and, given
-    a ``device``, its weights' size measured on the meta device and refused if they cannot fit there."""
-    check_call_args(f"--{kind}-args", f"{kind} {name!r}", cls, user_args, sizes=kind == "space")
+def blamed_build(kind: str, name: str, user_args: dict, cls: type, args: dict | None = None, device=None):
+    """``cls(**args)`` (default: the user's ``--{kind}-args``, already checked by ``check_call_args``), a failure
+    blamed on them; given a ``device``, its weights' size measured on the meta device first and refused if they
+    cannot fit there."""
     args = user_args if args is None else args
     with blame_args(kind, name, user_args):
         if device is None:
@@ -249,17 +249,16 @@ class Searcher:
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        self.strategy = checked_build(
-            "strategy", config.strategy, config.strategy_args, strategy_class(config.strategy)
-        )
-        check_call_args(
-            "--space-args", f"space {config.space!r}", space_class(config.space), config.space_args, sizes=True
-        )
+        # the user's arguments, checked once, before anything is built or any data read
+        strategy_cls, space_cls = strategy_class(config.strategy), space_class(config.space)
+        check_call_args("--strategy-args", f"strategy {config.strategy!r}", strategy_cls, config.strategy_args)
+        check_call_args("--space-args", f"space {config.space!r}", space_cls, config.space_args, sizes=True)
+        self.strategy = blamed_build("strategy", config.strategy, config.strategy_args, strategy_cls)
         self.preset = self.strategy.preset(config.space, config.space_args)
         preset_args = self.preset.get("strategy_args", {})
         if set(preset_args) - set(config.strategy_args):  # the authors' values of arguments the user left
             args = {**preset_args, **config.strategy_args}
-            self.strategy = checked_build("strategy", config.strategy, config.strategy_args, type(self.strategy), args)
+            self.strategy = blamed_build("strategy", config.strategy, config.strategy_args, strategy_cls, args)
         config, self.sources = config.resolved(config.strategy, self.preset)
         if config.channels_last is None:
             config.channels_last = channels_last_default(self.device)
@@ -300,8 +299,8 @@ class Searcher:
         per run, or at each stage start of a staged strategy (P-DARTS), where all of them start anew."""
         config = self.config
         if check:
-            self.space = checked_build("space", config.space, config.space_args, space_class(config.space),
-                                       space_args, self.device)  # fmt: skip
+            self.space = blamed_build("space", config.space, config.space_args, space_class(config.space),
+                                      space_args, self.device)  # fmt: skip
         else:
             self.space = None  # free the previous stage's network first
             self.space = build_space(config.space, **space_args).to(self.device)

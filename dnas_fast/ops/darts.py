@@ -171,3 +171,17 @@ register_op("sep_conv_5x5", _sep(5))
 register_op("sep_conv_7x7", _sep(7))
 register_op("dil_conv_3x3", _dil(3))
 register_op("dil_conv_5x5", _dil(5))
+
+
+def imagenet_stem(in_channels: int, C: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """(stem0, stem1) of the DARTS ImageNet networks (quark0/darts ``NetworkImageNet``, the PC-DARTS ImageNet
+    search network): three stride-2 3x3 convs, 224 -> 28."""
+    stem0 = nn.Sequential(
+        nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(C),
+    )
+    stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+    return stem0, stem1

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import ArchWeights
-from ..genotype import darts_genotype, parse_top_pairs_cell
+from ..genotype import parse_top_pairs_cell
 from ..spaces import DartsSpace
 from .base import AlphasInWeightClip, Strategy, masks_to_cpu, register_strategy, top_k_mask
 from .schedules import linear_anneal
@@ -111,8 +111,4 @@ class Gdas(AlphasInWeightClip, Strategy):
         """NAS-Bench-201: each edge's argmax (``none`` included); DARTS space: top-2 (op, input) pairs per node."""
         if not isinstance(space, DartsSpace):
             return super().derive(space)
-        scores, cfg = self.scores(), space.config
-        return darts_genotype(
-            scores["normal"], scores["reduce"], cfg["op_names"], cfg["steps"], cfg["multiplier"],
-            parse=parse_top_pairs_cell,
-        )  # fmt: skip
+        return space.derive(self.scores(), parse=parse_top_pairs_cell)

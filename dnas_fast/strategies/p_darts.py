@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from ..genotype import Genotype, darts_genotype
+from ..genotype import Genotype
 from .base import Strategy, register_strategy
 
 SKIP = "skip_connect"
@@ -201,7 +201,7 @@ class PDarts(Strategy):
         """Before the last stage: the DARTS genotype of the remaining ops; in it: the authors' final cells."""
         scores, cfg = self.scores(), space.config
         if self.stage_of(self.epoch, self.num_epochs)[0] < self.num_stages - 1:
-            return darts_genotype(scores["normal"], scores["reduce"], cfg["op_names"], cfg["steps"], cfg["multiplier"])
+            return space.derive(scores)
         names, steps = cfg["op_names"], cfg["steps"]
         concat = range(2 + steps - cfg["multiplier"], steps + 2)
         cells = {}

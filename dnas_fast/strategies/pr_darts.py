@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from ..arch import ArchWeights
-from ..genotype import darts_genotype, parse_top_pairs_cell
+from ..genotype import parse_top_pairs_cell
 from ..spaces import DartsSpace
 from .base import AlphasInWeightClip, masks_to_cpu, register_strategy, top_k_mask
 from .darts import Darts
@@ -215,8 +215,4 @@ class PrDarts(AlphasInWeightClip, Darts):
     def derive(self, space):
         if not isinstance(space, DartsSpace):
             return super().derive(space)
-        scores, cfg = self.scores(), space.config
-        return darts_genotype(
-            scores["normal"], scores["reduce"], cfg["op_names"], cfg["steps"], cfg["multiplier"],
-            parse=parse_top_pairs_cell,
-        )  # fmt: skip
+        return space.derive(self.scores(), parse=parse_top_pairs_cell)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...ops import build_op
-from ...ops.darts import FactorizedReduce, Identity, ReLUConvBN, drop_path
+from ...ops.darts import FactorizedReduce, Identity, ReLUConvBN, drop_path, imagenet_stem
 from .genotype import EdgeAllGenotype, Genotype, cell_nodes
 
 
@@ -168,16 +168,7 @@ class NetworkImageNet(_CellStack):
         if layers < 3:
             raise ValueError(f"the DARTS network needs at least 3 layers (two are reductions), got {layers}")
         self._auxiliary = auxiliary
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C)
-        )
+        self.stem0, self.stem1 = imagenet_stem(in_channels, C)
         C_prev, C_aux = self._build_cells(genotype, C, layers, C, C, True)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)

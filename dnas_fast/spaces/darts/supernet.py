@@ -7,9 +7,9 @@ from torch import nn
 from ...arch import EdgeGroup
 from ...mixed_edge import MixedEdge
 from ...ops import DARTS_OPS, check_op_names
-from ...ops.darts import FactorizedReduce, ReLUConvBN, drop_path_scales
+from ...ops.darts import FactorizedReduce, ReLUConvBN, drop_path_scales, imagenet_stem
 from ..base import SearchSpace, register_space, run_cell
-from .genotype import darts_genotype
+from .genotype import darts_genotype, parse_darts_cell
 
 
 class Cell(nn.Module):
@@ -83,16 +83,7 @@ class DartsSpace(SearchSpace):
             op_names=op_names, pool_bn=True, partial_channels=partial_channels, aux_skip=aux_skip, backend=backend
         )
         if imagenet:
-            self.stem0 = nn.Sequential(
-                nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(C // 2),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(C),
-            )
-            self.stem1 = nn.Sequential(
-                nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C)
-            )
+            self.stem0, self.stem1 = imagenet_stem(in_channels, C)
             C_prev_prev, C_prev, C_curr, reduction_prev = C, C, C, True
         else:
             C_curr = stem_multiplier * C
@@ -138,7 +129,8 @@ class DartsSpace(SearchSpace):
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
-    def derive(self, scores):
+    def derive(self, scores, parse=parse_darts_cell):
+        """The genotype of ``scores`` by the per-cell rule ``parse`` (DARTS's; PR-DARTS and GDAS: top pairs)."""
         return darts_genotype(
-            scores["normal"], scores["reduce"], self.config["op_names"], self._steps, self._multiplier
+            scores["normal"], scores["reduce"], self.config["op_names"], self._steps, self._multiplier, parse
         )
